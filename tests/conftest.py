@@ -1,0 +1,105 @@
+"""Shared pytest fixtures. Each section is self-contained; add new ones as their own section."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from slurm_helpers import (
+    START_SCRIPT,
+    STOP_SCRIPT,
+    SlurmCluster,
+    accounting_enabled,
+    cluster_answers,
+    slurm_installed,
+    slurm_required,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Real local Slurm: `slurm_cluster` (session) and `slurm_accounting` (sacct works).
+# Helpers (sbatch, wait_for_job, wait_for_sacct, ...) live in tests/slurm_helpers.py.
+#
+# - No `sbatch` on PATH: the tests skip, or fail under REATT_REQUIRE_SLURM=1 (as in CI).
+# - A cluster that answers `scontrol ping` is reused as it is, and left running.
+# - Otherwise, as root with slurmctld installed, the session starts a cold one with
+#   scripts/slurm/start-local-slurm.sh (after stop-local-slurm.sh --purge, so no stale
+#   job is recovered and requeued) and stops it at the end (without --purge: the logs in
+#   /var/tmp/reatt-slurm/log stay for a look). Install the packages first with
+#   scripts/slurm/install-slurm.sh.
+# Under pytest-xdist each worker has its own session: start the cluster beforehand.
+# ---------------------------------------------------------------------------------------------
+
+
+def _slurm_unavailable(why: str) -> None:
+    if slurm_required():
+        pytest.fail(f"Slurm is required (REATT_REQUIRE_SLURM=1) but unavailable: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def _run_script(*cmd: str | os.PathLike[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A real single-node Slurm (partition `debug`, node = this machine, 2 CPUs here)."""
+    if not slurm_installed():  # not `sbatch --version`: that fails without a slurm.conf
+        _slurm_unavailable("sbatch not found (install with scripts/slurm/install-slurm.sh)")
+    started = False
+    if not cluster_answers():
+        if os.geteuid() != 0 or not shutil.which("slurmctld"):
+            _slurm_unavailable(
+                "no local Slurm answers `scontrol ping` and this session cannot start one "
+                f"(needs root and slurmctld); start it with {START_SCRIPT}"
+            )
+        _run_script(STOP_SCRIPT, "--purge", timeout=120)
+        r = _run_script(START_SCRIPT, timeout=240)
+        if r.returncode != 0:
+            pytest.fail(f"{START_SCRIPT} failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
+        started = True
+    try:
+        yield SlurmCluster(started_here=started, accounting=accounting_enabled())
+    finally:
+        if started:
+            _run_script(STOP_SCRIPT, timeout=120)
+
+
+@pytest.fixture
+def slurm_accounting(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    """The cluster, with slurmdbd accounting on (`sacct` works)."""
+    if not slurm_cluster.accounting:
+        _slurm_unavailable(
+            "the running Slurm has no accounting (sacct); restart it with "
+            "REATT_SLURM_ACCOUNTING=1 (the default of scripts/slurm/start-local-slurm.sh)"
+        )
+    return slurm_cluster
+
+
+# ------------------------------------------------------------------------- end of local Slurm
+
+
+# ---------------------------------------------------------------------------------------------
+# One token cache and embedded corpus for the whole session, never the user's ~/.cache/reatt.
+# Set through the environment so that training subprocesses (local runs, Slurm jobs on this
+# node) share it too. A cache dir given explicitly (data.cache_dir) still wins.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reatt_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path = str(tmp_path_factory.mktemp("reatt-cache"))
+    before = os.environ.get("REATT_CACHE_DIR")
+    os.environ["REATT_CACHE_DIR"] = path
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop("REATT_CACHE_DIR", None)
+        else:
+            os.environ["REATT_CACHE_DIR"] = before
+
+
+# ------------------------------------------------------------------ end of the session cache
