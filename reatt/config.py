@@ -90,9 +90,11 @@ SCHEMA: dict[str, Key] = {
     "model.n_layer": Key(0, "transformer blocks (0: from model_type)"),
     "model.n_head": Key(0, "attention heads (0: from model_type)"),
     "model.n_embd": Key(0, "embedding width (0: from model_type)"),
-    "model.embd_pdrop": Key(0.1, "dropout on the embeddings"),
-    "model.resid_pdrop": Key(0.1, "dropout on each residual branch"),
-    "model.attn_pdrop": Key(0.1, "dropout on the attention weights"),
+    "model.embd_pdrop": Key(0.0, "dropout on the embeddings (minGPT used 0.1)"),
+    "model.resid_pdrop": Key(0.0, "dropout on each residual branch (minGPT used 0.1)"),
+    "model.attn_pdrop": Key(
+        0.0, "dropout on the attention weights (minGPT used 0.1; > 0 takes SDPA's slower path on CPU)"
+    ),
     "model.bias": Key(True, "biases in Linear and LayerNorm layers, as in GPT-2"),
     "model.swiglu": Key(False, "SwiGLU MLP W2(SiLU(W1 x) * W3 x) instead of the GELU MLP"),
     "model.swiglu_hidden": Key(
@@ -138,15 +140,24 @@ def _leaf(key: str) -> str:
 
 
 def closest_keys(key: str, n: int = 3) -> list[str]:
-    """Valid keys that look like ``key``: same leaf name in another node, then similar spelling."""
-    same_leaf = [k for k in SCHEMA if _leaf(k) == _leaf(key)]
-    similar = difflib.get_close_matches(key, SCHEMA, n=n, cutoff=0.6)
-    similar_leaf = [k for k in SCHEMA if difflib.get_close_matches(_leaf(key), [_leaf(k)], n=1, cutoff=0.75)]
-    out: list[str] = []
-    for k in same_leaf + similar + similar_leaf:
-        if k not in out:
-            out.append(k)
-    return out[:n]
+    """Valid keys that look like ``key``, best first: the same name in another node, then a
+    name it abbreviates (``trainer.warmup`` -> ``trainer.warmup_steps``), then similar spelling."""
+    leaf = _leaf(key)
+
+    def score(candidate: str) -> float:
+        cleaf = _leaf(candidate)
+        if cleaf == leaf:
+            return 3.0
+        if cleaf.startswith(leaf) or leaf.startswith(cleaf):
+            return 2.0 + (candidate.split(".")[0] == key.split(".")[0])
+        return max(
+            difflib.SequenceMatcher(None, key, candidate).ratio(),
+            difflib.SequenceMatcher(None, leaf, cleaf).ratio(),
+        )
+
+    scored = sorted(((score(k), k) for k in SCHEMA), key=lambda t: -t[0])
+    floor = 2.0 if scored and scored[0][0] >= 2.0 else 0.75  # a name match beats mere spelling
+    return [k for sc, k in scored if sc >= floor][:n]
 
 
 def unknown_key_error(key: str, where: str = "") -> ConfigError:

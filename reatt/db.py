@@ -1,0 +1,201 @@
+"""The results database: studies, their runs, and every run's logged metrics.
+
+One SQLite file by default (``results.db``); any SQLAlchemy URL works. The schema is the
+SQLAlchemy 2.0 typed ORM below; its version is stored in the ``meta`` table and checked on
+open, so an old reatt never writes into a newer layout (or the reverse).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from reatt.errors import DatabaseError, StudyError
+from reatt.states import PLANNED
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "results.db"
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Meta(Base):
+    """Key/value facts about the database itself (the schema version)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Study(Base):
+    """One ablation study: a spec expanded into runs. Hand-made runs collected from a
+    directory tree belong to a study with ``matrix == "collected"`` and no spec."""
+
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    spec_path: Mapped[str | None]
+    spec_hash: Mapped[str | None] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any] | None]  # the parsed spec, as planned
+    matrix: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str | None] = mapped_column(String(200))  # the variant others are compared to
+    out_dir: Mapped[str]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+    planned_at: Mapped[dt.datetime] = mapped_column(default=utc_now)  # the latest `reatt plan` of it
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", order_by="Run.position"
+    )
+
+
+class Run(Base):
+    """One job: a variant of the study at one seed, with its state and collected results."""
+
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))  # variant, plus -s<seed> when several seeds
+    variant: Mapped[str] = mapped_column(String(200))
+    seed: Mapped[int]
+    position: Mapped[int]  # order in the plan; the task id in a job array
+    features: Mapped[list[Any]]
+    overrides: Mapped[dict[str, Any]]  # flat "key": value, the run's full set (seed, work_dir too)
+    work_dir: Mapped[str]
+    # --- execution ---
+    state: Mapped[str] = mapped_column(String(32), default=PLANNED)
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    executor: Mapped[str | None] = mapped_column(String(16))  # "local" or "slurm"
+    job_id: Mapped[str | None] = mapped_column(String(64))  # "123" or "123_4" (array task)
+    sbatch_path: Mapped[str | None]
+    submitted_at: Mapped[dt.datetime | None]
+    # --- collected from the run directory ---
+    final_nll: Mapped[float | None] = mapped_column(Float)
+    final_train_loss: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int | None]
+    tokens: Mapped[int | None]
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    mfu: Mapped[float | None] = mapped_column(Float)
+    n_params: Mapped[int | None]
+    n_params_non_embedding: Mapped[int | None]
+    config: Mapped[dict[str, Any] | None]  # the run's config.json
+    files: Mapped[dict[str, Any] | None]  # fingerprints of the files last collected
+    collect_error: Mapped[str | None] = mapped_column(Text)
+    collected_at: Mapped[dt.datetime | None]
+    study: Mapped[Study] = relationship(back_populates="runs")
+    metrics: Mapped[list[Metric]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Metric.step"
+    )
+
+
+class Metric(Base):
+    """One loss.csv row of a run."""
+
+    __tablename__ = "metrics"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None]
+    elapsed_s: Mapped[float | None] = mapped_column(Float)
+    run: Mapped[Run] = relationship(back_populates="metrics")
+
+
+def db_url(db: str | os.PathLike[str] | None) -> str:
+    """A SQLAlchemy URL from a URL or a file path (default: $REATT_DB, else results.db)."""
+    db = db or os.environ.get("REATT_DB") or DEFAULT_DB
+    text = os.fspath(db)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")  # a local submit and a status may write at once
+    cur.close()
+
+
+def open_db(db: str | os.PathLike[str] | None = None) -> Engine:
+    """Open (creating if new) the database and check its schema version."""
+    url = db_url(db)
+    if url.startswith("sqlite:///"):
+        parent = Path(url[len("sqlite:///") :]).parent
+        if not parent.is_dir():
+            raise DatabaseError(f"cannot create the database {url[10:]}: {parent} is not a directory")
+    try:
+        engine = create_engine(url)
+    except (SQLAlchemyError, ImportError) as e:
+        raise DatabaseError(f"cannot open database {url!r}: {e}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        with Session(engine) as session, session.begin():
+            conn = session.connection()
+            existing = set(engine.dialect.get_table_names(conn))
+            if "meta" in existing:
+                row = session.get(Meta, "schema_version")
+                found = row.value if row else None
+                if found != str(SCHEMA_VERSION):
+                    raise DatabaseError(
+                        f"{url}: schema version {found}, but this reatt uses version {SCHEMA_VERSION}; "
+                        "use another --db or a matching reatt version"
+                    )
+            elif existing & {"studies", "runs", "metrics"}:
+                raise DatabaseError(f"{url}: has reatt-like tables but no schema version; not touching it")
+            else:
+                Base.metadata.create_all(conn)
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+    except OperationalError as e:
+        raise DatabaseError(f"cannot open database {url!r}: {e.orig}") from None
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction: committed at the end, rolled back on any error."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def get_study(session: Session, name: str | None) -> Study:
+    """The study called ``name``; without a name, the one most recently given to `reatt plan`."""
+    if name:
+        study = session.scalar(select(Study).where(Study.name == name))
+        if study is None:
+            known = session.scalars(select(Study.name).order_by(Study.name)).all()
+            hint = f"; known studies: {', '.join(known)}" if known else "; run `reatt plan SPEC` first"
+            raise StudyError(f"no study named {name!r} in the database{hint}")
+        return study
+    study = session.scalar(select(Study).order_by(Study.planned_at.desc(), Study.id.desc()).limit(1))
+    if study is None:
+        raise StudyError("the database holds no study yet; run `reatt plan SPEC` first")
+    return study

@@ -1,0 +1,535 @@
+"""Ablation specs (TOML files under ``ablations/``) and their expansion into job specs.
+
+A spec is data, never code: a study name, the base overrides applied to every run, each
+feature as a named set of overrides, the matrix, the seeds and the Slurm settings::
+
+    [study]
+    name = "demo"
+    matrix = "standard"        # standard | leave-one-out | factorial | list
+    seeds = [1, 2]
+
+    [base]
+    model.model_type = "gpt-nano"
+    trainer.max_iters = 300
+
+    [features]
+    swiglu = { "model.swiglu" = true }
+    warmup = { "trainer.warmup_steps" = 30 }
+
+    [slurm]
+    time = "00:30:00"
+
+Every override key and value type is checked against the training config (and each run's
+full config against its cross-key rules) before anything is recorded, run or submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from reatt.config import coerce, flatten, format_value, get_default_config
+from reatt.errors import ConfigError, SpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# How every launcher (the README, local.py, the sbatch templates) starts training. The allocator
+# setting keeps glibc from returning the large logits buffers to the OS and page-faulting them
+# back in every step: 1.2-1.6x faster on CPU (docs/benchmarks.md). It must be set before Python
+# starts, so it goes into the environment of the training process.
+GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295"
+TRAIN_ENV = {"GLIBC_TUNABLES": GLIBC_TUNABLES, "PYTHONUNBUFFERED": "1"}
+TRAIN_MODULE = "reatt.train"  # run as: python -m reatt.train <JobSpec.argv()>
+
+MATRICES = ("standard", "leave-one-out", "factorial", "list")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
+# set by the plan for each run; a spec may not set them
+PLAN_KEYS = ("system.seed", "system.work_dir")
+DEFAULT_SEED = 3407
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The ``[slurm]`` table: what every sbatch script of the study asks for."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = "01:00:00"
+    cpus_per_task: int = 2
+    mem: str = "8G"
+    gpus: int = 0
+    modules: list[str] = field(default_factory=list)  # `module load` each, in order
+    venv: str = ""  # a virtualenv to activate (empty: the one reatt runs from, if any)
+    hf_home: str = ""  # HF_HOME for the jobs (empty: inherit)
+    extra_sbatch: list[str] = field(default_factory=list)  # more #SBATCH lines, e.g. "--constraint=a100"
+    signal_seconds: int = 120  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    array_throttle: int = 0  # at most this many array tasks at once (0: no limit)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], where: str) -> SlurmSettings:
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise SpecError(f"{where}[slurm]: unknown key {key!r}; valid keys: {', '.join(known)}")
+            default = getattr(cls(), key)
+            if isinstance(default, list):
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+                expected = "a list of strings"
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                expected = "a non-negative integer"
+            else:
+                ok = isinstance(value, str)
+                expected = "a string"
+            if not ok:
+                raise SpecError(f"{where}[slurm] {key} = {value!r}: expected {expected}")
+            values[key] = value
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> SlurmSettings:
+        """A copy with the CLI's non-None overrides applied."""
+        current = asdict(self)
+        current.update({k: v for k, v in overrides.items() if v is not None})
+        return SlurmSettings(**current)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: a variant at one seed, with everything needed to run it."""
+
+    study: str
+    name: str  # unique in the study: the variant, plus -s<seed> when the study has several seeds
+    variant: str
+    seed: int
+    position: int  # order in the plan, and the task id in a job array
+    features: tuple[str, ...]
+    overrides: dict[str, Any]  # flat; base, then features, then the run's own, then seed and work_dir
+    work_dir: str  # absolute
+
+    def argv(self) -> list[str]:
+        """Arguments of ``python -m reatt.train`` for this job."""
+        return [f"--{k}={format_value(v)}" for k, v in self.overrides.items()]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["features"] = list(self.features)
+        d["argv"] = self.argv()
+        return d
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A parsed, validated spec file."""
+
+    name: str
+    path: str
+    description: str
+    matrix: str
+    seeds: tuple[int, ...]
+    base: dict[str, Any]
+    features: dict[str, dict[str, Any]]  # name -> flat overrides, in file order
+    runs: dict[str, dict[str, Any]]  # matrix "list": name -> {"features": [...], "set": {...}}
+    reference: str
+    out_dir: str  # absolute
+    slurm: SlurmSettings
+    raw: dict[str, Any]  # the parsed TOML
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of what the spec means (comments and layout do not count)."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+
+    def variants(self) -> list[tuple[str, tuple[str, ...], dict[str, Any]]]:
+        """(variant name, features on, the variant's own extra overrides), in plan order."""
+        return expand_matrix(self.matrix, list(self.features), self.runs)
+
+    def jobs(self, name: str | None = None, out_dir: str | None = None) -> list[JobSpec]:
+        """Every variant x seed as a JobSpec; ``name``/``out_dir`` override the study's
+        (a new version of a study gets its own name and directory)."""
+        study = name or self.name
+        root = Path(out_dir or self.out_dir)
+        several = len(self.seeds) > 1
+        jobs = []
+        for position, (variant, seed) in enumerate(itertools.product(self.variants(), self.seeds)):
+            vname, feats, extra = variant
+            run_name = f"{vname}-s{seed}" if several else vname
+            overrides: dict[str, Any] = dict(self.base)
+            for f in feats:
+                overrides.update(self.features[f])
+            overrides.update(extra)
+            overrides["system.seed"] = seed
+            overrides["system.work_dir"] = str(root / study / run_name)
+            jobs.append(
+                JobSpec(
+                    study=study,
+                    name=run_name,
+                    variant=vname,
+                    seed=seed,
+                    position=position,
+                    features=feats,
+                    overrides=overrides,
+                    work_dir=overrides["system.work_dir"],
+                )
+            )
+        return jobs
+
+
+def expand_matrix(
+    matrix: str, features: Sequence[str], runs: dict[str, dict[str, Any]] | None = None
+) -> list[tuple[str, tuple[str, ...], dict[str, Any]]]:
+    """The variants of a matrix as (name, features on, extra overrides).
+
+    - standard: baseline, one run per feature, and all features on ("all"; left out when
+      there is a single feature, where it would repeat that feature's run);
+    - leave-one-out: all on, then all on minus each feature ("no-<feature>");
+    - factorial: every combination, "baseline" for none, else the features joined by "+";
+    - list: the spec's ``[runs.<name>]`` tables, each with ``features`` and optional ``set``.
+    """
+    feats = tuple(features)
+    if matrix == "standard":
+        out = [("baseline", ())] + [(f, (f,)) for f in feats]
+        if len(feats) > 1:
+            out.append(("all", feats))
+    elif matrix == "leave-one-out":
+        out = [("all", feats)] + [(f"no-{f}", tuple(g for g in feats if g != f)) for f in feats]
+    elif matrix == "factorial":
+        out = []
+        for r in range(len(feats) + 1):
+            for combo in itertools.combinations(feats, r):
+                out.append(("+".join(combo) or "baseline", combo))
+    elif matrix == "list":
+        return [(name, tuple(r["features"]), dict(r["set"])) for name, r in (runs or {}).items()]
+    else:
+        raise ValueError(f"unknown matrix {matrix!r}")
+    return [(name, combo, {}) for name, combo in out]
+
+
+def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate keys and value types against the training config; return them coerced."""
+    out = {}
+    for key, value in flatten(overrides).items():
+        if key in PLAN_KEYS:
+            raise SpecError(
+                f"{where}: {key} is set by reatt plan (the seeds list and out/<study>/<run>); remove it"
+            )
+        try:
+            out[key] = coerce(key, value)
+        except ConfigError as e:
+            raise SpecError(f"{where}: {e}") from None
+    return out
+
+
+def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: [{key}] must be a table, got {type(value).__name__}")
+    return value
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a spec file. Errors name the file, the run and the key."""
+    path = Path(path)
+    where = f"{path}"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read spec ({e.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML: {e}") from None
+    unknown = set(raw) - {"study", "base", "features", "runs", "slurm"}
+    if unknown:
+        raise SpecError(
+            f"{where}: unknown table(s) {', '.join(sorted(unknown))}; "
+            "valid: [study], [base], [features], [runs], [slurm]"
+        )
+    st = _table(raw, "study", where)
+    known_study = {"name", "description", "matrix", "seeds", "reference", "out_dir"}
+    if set(st) - known_study:
+        raise SpecError(
+            f"{where}: [study] has unknown key(s) {', '.join(sorted(set(st) - known_study))}; "
+            f"valid: {', '.join(sorted(known_study))}"
+        )
+    name = st.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SpecError(
+            f"{where}: [study] name = {name!r}: expected letters, digits, '_', '.', '+' or '-' "
+            "(starting with a letter or digit)"
+        )
+    matrix = st.get("matrix", "standard")
+    if matrix not in MATRICES:
+        raise SpecError(f"{where}: [study] matrix = {matrix!r}: expected one of {', '.join(MATRICES)}")
+    seeds = st.get("seeds", [DEFAULT_SEED])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise SpecError(
+            f"{where}: [study] seeds = {seeds!r}: expected a list of distinct non-negative integers"
+        )
+    description = st.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError(f"{where}: [study] description must be a string")
+    out_dir = st.get("out_dir", "out")
+    if not isinstance(out_dir, str) or not out_dir:
+        raise SpecError(f"{where}: [study] out_dir = {out_dir!r}: expected a directory path")
+
+    base = _check_overrides(_table(raw, "base", where), f"{where}: [base]")
+    features: dict[str, dict[str, Any]] = {}
+    for fname, fover in _table(raw, "features", where).items():
+        if not NAME_RE.match(fname):
+            raise SpecError(
+                f"{where}: feature name {fname!r}: expected letters, digits, '_', '.', '+' or '-'"
+            )
+        if not isinstance(fover, dict) or not fover:
+            raise SpecError(
+                f'{where}: feature {fname!r}: expected a table of overrides, like {{ "model.rope" = true }}'
+            )
+        features[fname] = _check_overrides(fover, f"{where}: feature {fname!r}")
+
+    runs: dict[str, dict[str, Any]] = {}
+    runs_table = _table(raw, "runs", where)
+    if matrix == "list":
+        if not runs_table:
+            raise SpecError(f'{where}: matrix = "list" needs [runs.<name>] tables')
+        for rname, rdef in runs_table.items():
+            rwhere = f"{where}: run {rname!r}"
+            if not NAME_RE.match(rname):
+                raise SpecError(f"{rwhere}: expected a name of letters, digits, '_', '.', '+' or '-'")
+            if not isinstance(rdef, dict) or set(rdef) - {"features", "set"}:
+                raise SpecError(
+                    f"{rwhere}: expected a table with 'features' (a list) and optional 'set' (a table)"
+                )
+            rfeats = rdef.get("features", [])
+            if not isinstance(rfeats, list) or not all(isinstance(f, str) for f in rfeats):
+                raise SpecError(f"{rwhere}: features must be a list of feature names")
+            missing = [f for f in rfeats if f not in features]
+            if missing:
+                defined = ", ".join(features) or "none"
+                raise SpecError(f"{rwhere}: unknown feature(s) {', '.join(missing)}; defined: {defined}")
+            rset = rdef.get("set", {})
+            if not isinstance(rset, dict):
+                raise SpecError(f"{rwhere}: 'set' must be a table of overrides")
+            runs[rname] = {"features": rfeats, "set": _check_overrides(rset, rwhere)}
+    elif runs_table:
+        raise SpecError(
+            f'{where}: [runs] is only used with matrix = "list" (this study has matrix = {matrix!r})'
+        )
+    elif not features and matrix != "standard":
+        raise SpecError(f"{where}: matrix {matrix!r} needs at least one entry in [features]")
+
+    variant_names = [v[0] for v in expand_matrix(matrix, list(features), runs)]
+    default_reference = (
+        "all"
+        if matrix == "leave-one-out"
+        else ("baseline" if "baseline" in variant_names else variant_names[0])
+    )
+    reference = st.get("reference", default_reference)
+    if reference not in variant_names:
+        raise SpecError(
+            f"{where}: [study] reference = {reference!r} is not a run; runs: {', '.join(variant_names)}"
+        )
+    slurm = SlurmSettings.from_table(_table(raw, "slurm", where), where + ": ")
+
+    spec = StudySpec(
+        name=name,
+        path=str(path.resolve()),
+        description=description,
+        matrix=matrix,
+        seeds=tuple(seeds),
+        base=base,
+        features=features,
+        runs=runs,
+        reference=reference,
+        out_dir=str(Path(out_dir).expanduser().resolve()),
+        slurm=slurm,
+        raw=raw,
+    )
+    _check_full_configs(spec, where)
+    return spec
+
+
+def _check_full_configs(spec: StudySpec, where: str) -> None:
+    """Each job's complete config must pass the training program's own checks."""
+    from reatt.config import check_config
+
+    for job in spec.jobs():
+        cfg = get_default_config()
+        cfg.merge_from_dict(job.overrides)
+        try:
+            check_config(cfg)
+        except ConfigError as e:
+            raise SpecError(f"{where}: run {job.name!r}: {e}") from None
+
+
+@dataclass
+class PlanResult:
+    """What ``plan_study`` did: the study's name, its jobs, and the action taken."""
+
+    study: str
+    jobs: list[JobSpec]
+    action: str  # "created", "unchanged", "replaced" or "new version"
+    moved: list[tuple[str, str]] = field(default_factory=list)  # run dirs moved aside by --force
+    dropped: list[str] = field(default_factory=list)  # runs no longer in the plan (--force)
+
+
+def _plain(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides as they come back from the database's JSON (tuples become lists)."""
+    return json.loads(json.dumps(overrides))
+
+
+def plan_study(spec: StudySpec, engine: Any, *, force: bool = False, new_version: bool = False) -> PlanResult:
+    """Record the spec's study and runs in the database.
+
+    Planning the same spec twice changes nothing. A changed spec for an existing study is
+    refused unless ``new_version`` (plan it as ``<name>-v2``, ``-v3``, ... in its own
+    directory) or ``force`` (replace the plan: unchanged runs keep their state and results,
+    changed runs start over with their old directory moved aside, dropped runs leave the
+    database but keep their files).
+    """
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from reatt import db, states
+
+    if force and new_version:
+        raise SpecError("choose one of --force and --new-version")
+    with db.transaction(engine) as session:
+        existing = session.scalar(select(db.Study).where(db.Study.name == spec.name))
+        if existing is None:
+            jobs = spec.jobs()
+            _add_study(session, spec, spec.name, spec.out_dir, jobs)
+            return PlanResult(spec.name, jobs, "created")
+        if new_version:
+            names = [spec.name] + [f"{spec.name}-v{n}" for n in range(2, 1000)]
+            for name in names:
+                study = session.scalar(select(db.Study).where(db.Study.name == name))
+                if study is None:
+                    jobs = spec.jobs(name=name)
+                    _add_study(session, spec, name, spec.out_dir, jobs)
+                    return PlanResult(name, jobs, "new version")
+                if study.spec_hash == spec.spec_hash:
+                    study.planned_at = db.utc_now()
+                    return PlanResult(name, spec.jobs(name=name), "unchanged")
+            raise SpecError(f"{spec.path}: too many versions of study {spec.name!r}")
+        jobs = spec.jobs()
+        if existing.spec_hash == spec.spec_hash:
+            existing.planned_at = db.utc_now()
+            return PlanResult(spec.name, jobs, "unchanged")
+        if existing.spec_hash is None:
+            raise SpecError(
+                f"study {spec.name!r} holds runs collected from {existing.out_dir} without a spec; "
+                "choose another [study] name"
+            )
+        if not force:
+            raise SpecError(
+                f"{spec.path}: study {spec.name!r} was planned from a different spec "
+                f"({existing.spec_path}, {existing.planned_at:%Y-%m-%d %H:%M} UTC). "
+                f"Run `reatt plan {spec.path} --new-version` to plan it as a new version, "
+                "or `--force` to replace the plan (runs already done are kept where unchanged)"
+            )
+        result = PlanResult(spec.name, jobs, "replaced")
+        by_name = {r.name: r for r in existing.runs}
+        wanted = {j.name: j for j in jobs}
+        for run in existing.runs:
+            changed = run.name not in wanted or _plain(wanted[run.name].overrides) != run.overrides
+            if changed and run.state in states.ACTIVE_STATES:
+                raise SpecError(
+                    f"run {run.name!r} of study {spec.name!r} is {run.state} (job {run.job_id}); "
+                    "cancel it first (`reatt cancel`) or plan without --force"
+                )
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        for name, run in by_name.items():
+            if name not in wanted:
+                session.delete(run)
+                result.dropped.append(name)
+        for job in jobs:
+            run = by_name.get(job.name)
+            if run is None:
+                session.add(_run_row(existing, job))
+                continue
+            if _plain(job.overrides) == run.overrides:
+                run.position = job.position
+                continue
+            old = Path(run.work_dir)
+            if old.exists():
+                aside = old.with_name(f"{old.name}.replaced-{stamp}")
+                old.rename(aside)
+                result.moved.append((str(old), str(aside)))
+            session.delete(run)
+            session.flush()
+            session.add(_run_row(existing, job))
+        existing.spec_path, existing.spec_hash, existing.spec = spec.path, spec.spec_hash, spec.raw
+        existing.matrix, existing.reference = spec.matrix, spec.reference
+        existing.planned_at = db.utc_now()
+        return result
+
+
+def _add_study(session: Any, spec: StudySpec, name: str, out_dir: str, jobs: list[JobSpec]) -> None:
+    from reatt import db
+
+    study = db.Study(
+        name=name,
+        spec_path=spec.path,
+        spec_hash=spec.spec_hash,
+        spec=spec.raw,
+        matrix=spec.matrix,
+        reference=spec.reference,
+        out_dir=out_dir,
+    )
+    session.add(study)
+    for job in jobs:
+        study.runs.append(_run_row(study, job))
+
+
+def _run_row(study: Any, job: JobSpec) -> Any:
+    from reatt import db
+
+    return db.Run(
+        study=study,
+        name=job.name,
+        variant=job.variant,
+        seed=job.seed,
+        position=job.position,
+        features=list(job.features),
+        overrides=_plain(job.overrides),
+        work_dir=job.work_dir,
+    )
+
+
+def jobs_of(study: Any) -> list[JobSpec]:
+    """The JobSpecs of a study as recorded in the database (what submit runs)."""
+    return [
+        JobSpec(
+            study=study.name,
+            name=r.name,
+            variant=r.variant,
+            seed=r.seed,
+            position=r.position,
+            features=tuple(r.features),
+            overrides=dict(r.overrides),
+            work_dir=r.work_dir,
+        )
+        for r in study.runs
+    ]
+
+
+def slurm_settings_of(study: Any) -> SlurmSettings:
+    """The study's [slurm] table as recorded at plan time."""
+    return SlurmSettings.from_table((study.spec or {}).get("slurm", {}), f"study {study.name}: ")

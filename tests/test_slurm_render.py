@@ -1,0 +1,427 @@
+"""Rendering sbatch scripts: golden files, shell syntax, quoting of hostile values, the
+requeue logic of the script itself (run by bash with a stub `python` and a fake `scontrol`),
+and the validation of #SBATCH values.
+
+Golden files: tests/golden/job.sbatch and tests/golden/array.sbatch. After an intended change
+to a template, regenerate them and review the diff:
+
+    REATT_UPDATE_GOLDEN=1 python -m pytest tests/test_slurm_render.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reatt.errors import SpecError
+from reatt.plan import TRAIN_ENV, JobSpec, SlurmSettings
+from reatt.slurm import (
+    ScriptContext,
+    array_spec,
+    check_settings,
+    render_array_script,
+    render_job_script,
+    time_limit_seconds,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+BASH = shutil.which("bash")
+
+
+def job(position: int = 0, name: str = "baseline", work_dir: str | None = None, **extra) -> JobSpec:
+    wd = work_dir or f"/project/out/demo/{name}"
+    overrides = {
+        "model.model_type": "gpt-nano",
+        "data.block_size": 32,
+        "trainer.max_iters": 40,
+        "trainer.learning_rate": 0.0005,
+        **extra,
+        "system.seed": 3407,
+        "system.work_dir": wd,
+    }
+    return JobSpec("demo", name, name, 3407, position, tuple(k for k in extra), overrides, wd)
+
+
+SETTINGS = SlurmSettings(
+    partition="gpu",
+    account="lab-4",
+    qos="normal",
+    time="02:00:00",
+    cpus_per_task=4,
+    mem="16G",
+    gpus=1,
+    modules=["python/3.11", "cuda/12.4"],
+    venv="/project/.venv",
+    hf_home="/scratch/hf home",
+    extra_sbatch=["--constraint=a100", "--exclude=node07"],
+    signal_seconds=300,
+)
+CTX = ScriptContext(
+    project_dir="/project", python="python", log_dir="/project/out/slurm", env=dict(TRAIN_ENV)
+)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("REATT_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    if not path.exists():
+        pytest.fail(f"{path} is missing; create it with REATT_UPDATE_GOLDEN=1 pytest {__file__}")
+    expected = path.read_text()
+    if text != expected:
+        diff = "".join(
+            difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "rendered")
+        )
+        pytest.fail(
+            f"rendered script differs from {path}:\n{diff}\nIf the change is intended, regenerate with "
+            f"REATT_UPDATE_GOLDEN=1 python -m pytest {Path(__file__).name} and review the diff",
+            pytrace=False,
+        )
+
+
+def bash_syntax_ok(text: str, tmp_path: Path) -> None:
+    if BASH is None:  # the golden comparison still ran
+        return
+    script = tmp_path / "syntax.sh"
+    script.write_text(text)
+    r = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_job_script_matches_golden(tmp_path):
+    text = render_job_script(job(), SETTINGS, CTX)
+    check_golden("job.sbatch", text)
+    bash_syntax_ok(text, tmp_path)
+
+
+def test_array_script_matches_golden(tmp_path):
+    jobs = [job(0), job(1, "rope", **{"model.rope": True}), job(3, "all", **{"model.swiglu": True})]
+    text = render_array_script(jobs, SETTINGS, CTX, throttle=2)
+    check_golden("array.sbatch", text)
+    bash_syntax_ok(text, tmp_path)
+
+
+def test_script_essentials():
+    text = render_job_script(job(), SlurmSettings(), CTX)
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    sbatch = [line for line in lines if line.startswith("#SBATCH")]
+    assert "#SBATCH --job-name=demo-baseline" in sbatch
+    assert "#SBATCH --output=/project/out/slurm/%x-%j.out" in sbatch
+    assert "#SBATCH --error=/project/out/slurm/%x-%j.err" in sbatch
+    assert {"#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@120"} <= set(sbatch)
+    # all #SBATCH lines come before the first command (sbatch stops reading at it)
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert max(i for i, line in enumerate(lines) if line.startswith("#SBATCH")) < first_command
+    # defaults ask for nothing the cluster would have to know
+    assert not any(
+        o in text for o in ("--partition", "--account", "--qos", "--gres", "module load", "HF_HOME=")
+    )
+    assert "export TRANSFORMERS_OFFLINE=1 HF_HUB_OFFLINE=1" in lines
+    assert "set -uo pipefail" in lines
+    assert "requeue_id=$SLURM_JOB_ID" in lines
+    assert 'scontrol requeue "$requeue_id"' in text
+
+
+def test_array_script_requeues_only_its_task():
+    jobs = [job(2, "b"), job(0, "a")]
+    text = render_array_script(jobs, SlurmSettings(), CTX, throttle=0)
+    assert "#SBATCH --array=0,2" in text
+    assert "#SBATCH --job-name=demo" in text
+    assert "#SBATCH --output=/project/out/slurm/%x-%A_%a.out" in text
+    assert "requeue_id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" in text
+    assert "$SLURM_JOB_ID" not in text.replace("${SLURM_ARRAY_JOB_ID}", "")
+    assert text.index("  0)") < text.index("  2)")  # tasks in position order
+    assert array_spec(jobs, 3) == "0,2%3"
+
+
+def test_python_from_context_and_env():
+    ctx = ScriptContext.for_study("/data/out", SlurmSettings(), project_dir="/code")
+    assert ctx.python == sys.executable and ctx.log_dir == "/data/out/slurm" and ctx.project_dir == "/code"
+    assert ctx.env == TRAIN_ENV
+    venv_ctx = ScriptContext.for_study("/data/out", SlurmSettings(venv="/v"), project_dir="/code")
+    assert venv_ctx.python == "python"
+
+
+# ----------------------------------------------------------------------- running the script
+
+
+def stub_python(tmp_path: Path) -> Path:
+    """A stand-in for python: records its argv and environment, then behaves as $STUB_MODE says."""
+    stub = tmp_path / "stub-python"
+    stub.write_text(
+        f"#!{sys.executable}\n"
+        + """
+import json, os, signal, sys, time
+out = os.environ["STUB_OUT"]
+got = []
+def on_signal(signum, frame):
+    got.append(signal.Signals(signum).name)
+signal.signal(signal.SIGUSR1, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
+with open(out + ".tmp", "w") as f:
+    keys = ("HF_HOME", "TRANSFORMERS_OFFLINE", "HF_HUB_OFFLINE", "GLIBC_TUNABLES", "PYTHONUNBUFFERED")
+    json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}, f)
+os.replace(out + ".tmp", out)
+mode = os.environ.get("STUB_MODE", "exit0")
+if mode == "exit0":
+    sys.exit(0)
+if mode == "fail":
+    sys.exit(1)
+deadline = time.time() + 20
+while not got and time.time() < deadline:  # "wait": until a signal comes, like training
+    time.sleep(0.05)
+with open(out + ".signals", "w") as f:
+    f.write(",".join(got))
+sys.exit(75 if got else 0)
+"""
+    )
+    stub.chmod(0o755)
+    return stub
+
+
+def fake_scontrol(bin_dir: Path) -> Path:
+    bin_dir.mkdir(exist_ok=True)
+    log = bin_dir / "scontrol.log"
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/bash\nprintf "%s\\n" "$*" >> {json.dumps(str(log))}\n')
+    script.chmod(0o755)
+    return log
+
+
+def run_script(text: str, tmp_path: Path, env: dict[str, str], *, wait: bool = True) -> subprocess.Popen:
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    bin_dir = tmp_path / "bin"
+    fake_scontrol(bin_dir)
+    full_env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "SLURM_JOB_ID": "4242",
+        "STUB_OUT": str(tmp_path / "stub.json"),
+        **env,
+    }
+    proc = subprocess.Popen(
+        [BASH or "bash", str(script)],
+        cwd=tmp_path,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if wait:
+        proc.out, proc.err = proc.communicate(timeout=60)
+    return proc
+
+
+HOSTILE = [
+    "$(touch {marker})",
+    "`touch {marker}`",
+    "'; touch {marker}; echo '",
+    '"; touch {marker}; echo "',
+    "a\nb; touch {marker}",
+    "; echo foo",
+    "tab\there $HOME ${HOME} \\ back * ? [x] ~ ! #",
+]
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+def test_hostile_values_reach_python_intact_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    weird = tmp_path / "we ird 'q\" ; echo foo $(touch MARK)"
+    weird.mkdir()
+    project = tmp_path / "proj ect; echo foo"
+    project.mkdir()
+    values = [h.replace("{marker}", str(marker)) for h in HOSTILE]
+    spec = job(
+        work_dir=str(weird / "run\nnew line"),
+        **{"data.file_path": values[0], "trainer.sample_prompt": "|".join(values[1:])},
+    )
+    ctx = ScriptContext(
+        project_dir=str(project),
+        python=str(stub_python(tmp_path)),
+        log_dir=str(tmp_path / "logs"),
+        env=TRAIN_ENV,
+    )
+    settings = SlurmSettings(hf_home=str(weird / f"hf $(touch {marker})"))
+    text = render_job_script(spec, settings, ctx)
+    proc = run_script(text, tmp_path, {})
+    assert proc.returncode == 0, proc.err
+    got = json.loads((tmp_path / "stub.json").read_text())
+    assert got["argv"] == ["-m", "reatt.train", *spec.argv()]
+    assert got["cwd"] == str(project)
+    assert got["env"]["HF_HOME"] == settings.hf_home
+    assert got["env"]["TRANSFORMERS_OFFLINE"] == "1" and got["env"]["HF_HUB_OFFLINE"] == "1"
+    assert got["env"]["GLIBC_TUNABLES"] == TRAIN_ENV["GLIBC_TUNABLES"]
+    assert not marker.exists() and not (tmp_path / "MARK").exists()
+    assert "foo" not in proc.out.replace("echo foo", "")
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+def test_array_task_runs_its_own_argv(tmp_path):
+    marker = tmp_path / "pwned"
+    jobs = [job(0, "a"), job(5, "b", **{"data.file_path": f"$(touch {marker})"})]
+    ctx = ScriptContext(str(tmp_path), str(stub_python(tmp_path)), str(tmp_path / "logs"))
+    text = render_array_script(jobs, SlurmSettings(), ctx, throttle=1)
+    proc = run_script(text, tmp_path, {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "5"})
+    assert proc.returncode == 0, proc.err
+    assert json.loads((tmp_path / "stub.json").read_text())["argv"] == ["-m", "reatt.train", *jobs[1].argv()]
+    assert not marker.exists()
+    proc = run_script(text, tmp_path, {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3"})
+    assert proc.returncode == 2 and "array task 3 is not a run of study demo" in proc.err
+
+
+def _signal_when_ready(proc: subprocess.Popen, tmp_path: Path, sig: int) -> None:
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "stub.json").exists():  # the stub has set its handlers
+        assert time.monotonic() < deadline, "stub python never started"
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    proc.out, proc.err = proc.communicate(timeout=30)
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+@pytest.mark.parametrize("array", [False, True])
+def test_usr1_is_forwarded_and_the_job_requeues_itself(tmp_path, array):
+    ctx = ScriptContext(str(tmp_path), str(stub_python(tmp_path)), str(tmp_path / "logs"))
+    if array:
+        text = render_array_script([job(0, "a"), job(3, "b")], SlurmSettings(), ctx, throttle=0)
+        env = {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "80"}
+    else:
+        text = render_job_script(job(), SlurmSettings(), ctx)
+        env = {}
+    proc = run_script(text, tmp_path, {**env, "STUB_MODE": "wait"}, wait=False)
+    _signal_when_ready(proc, tmp_path, signal.SIGUSR1)  # what --signal=B:USR1@N sends to the batch shell
+    out = proc.out
+    assert proc.returncode == 75, out + proc.err
+    assert (tmp_path / "stub.json.signals").read_text() == "SIGUSR1"
+    expected = "77_3" if array else "4242"  # an array task requeues itself only, never the array
+    assert (tmp_path / "bin" / "scontrol.log").read_text() == f"requeue {expected}\n"
+    assert f"requeueing {expected}" in out
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+def test_term_checkpoints_but_does_not_requeue(tmp_path):
+    ctx = ScriptContext(str(tmp_path), str(stub_python(tmp_path)), str(tmp_path / "logs"))
+    proc = run_script(
+        render_job_script(job(), SlurmSettings(), ctx), tmp_path, {"STUB_MODE": "wait"}, wait=False
+    )
+    _signal_when_ready(proc, tmp_path, signal.SIGTERM)  # scancel / preemption: Slurm decides
+    assert proc.returncode == 75
+    assert (tmp_path / "stub.json.signals").read_text() == "SIGTERM"
+    assert not (tmp_path / "bin" / "scontrol.log").exists()
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+def test_failure_exit_code_is_the_jobs(tmp_path):
+    ctx = ScriptContext(str(tmp_path), str(stub_python(tmp_path)), str(tmp_path / "logs"))
+    proc = run_script(render_job_script(job(), SlurmSettings(), ctx), tmp_path, {"STUB_MODE": "fail"})
+    assert proc.returncode == 1
+    assert not (tmp_path / "bin" / "scontrol.log").exists()
+
+
+# ----------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"partition": "gpu\n#SBATCH --wrap=x"}, "slurm.partition"),
+        ({"partition": "$(touch /tmp/x)"}, "slurm.partition"),
+        ({"partition": "gpu\n"}, "slurm.partition"),
+        ({"time": "10\n"}, "slurm.time"),
+        ({"account": "a b"}, "slurm.account"),
+        ({"qos": "q;rm"}, "slurm.qos"),
+        ({"time": "1 hour"}, "slurm.time"),
+        ({"time": "$(touch /tmp/x)"}, "slurm.time"),
+        ({"mem": "8 GB"}, "slurm.mem"),
+        ({"mem": "8G\n#SBATCH -p x"}, "slurm.mem"),
+        ({"cpus_per_task": 0}, "slurm.cpus_per_task"),
+        ({"signal_seconds": 0}, "slurm.signal_seconds"),
+        ({"time": "00:02:00", "signal_seconds": 120}, "leaves less than 60 s"),
+        ({"time": "5", "signal_seconds": 250}, "leaves less than 60 s"),
+        ({"signal_seconds": 70000, "time": "3-00:00:00"}, "at most 65535"),
+        ({"extra_sbatch": ["--constraint=a100\n--wrap=x"]}, "slurm.extra_sbatch"),
+        ({"extra_sbatch": ["constraint=a100"]}, "one sbatch option per entry"),
+        ({"extra_sbatch": ["--output=/tmp/x"]}, "--output is set by reatt"),
+        ({"extra_sbatch": ["-J other"]}, "--job-name is set by reatt"),
+        ({"extra_sbatch": ["--no-requeue"]}, "--no-requeue is set by reatt"),
+        ({"modules": ["python\nrm -rf /"]}, "slurm.modules"),
+        ({"hf_home": "/a\nb"}, "slurm.hf_home"),
+    ],
+)
+def test_invalid_sbatch_values_are_refused(changes, message):
+    settings = dataclasses.replace(SlurmSettings(), **changes)
+    with pytest.raises(SpecError, match="invalid Slurm settings") as e:
+        check_settings(settings)
+    assert message in str(e.value)
+    with pytest.raises(SpecError):
+        render_job_script(job(), settings, CTX)
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(SpecError) as e:
+        check_settings(SlurmSettings(time="soon", mem="lots", partition="a b"))
+    assert all(k in str(e.value) for k in ("slurm.time", "slurm.mem", "slurm.partition"))
+
+
+@pytest.mark.parametrize(
+    "time_text", ["30", "30:00", "1:00:00", "2-12", "2-12:30", "2-12:30:00", "UNLIMITED"]
+)
+def test_valid_time_formats(time_text):
+    check_settings(SlurmSettings(time=time_text, signal_seconds=60))
+
+
+def test_time_limit_seconds():
+    assert time_limit_seconds("30") == 1800
+    assert time_limit_seconds("1:30") == 90
+    assert time_limit_seconds("01:00:00") == 3600
+    assert time_limit_seconds("2-12") == 2 * 86400 + 12 * 3600
+    assert time_limit_seconds("1-00:10:05") == 86400 + 605
+    assert time_limit_seconds("infinite") is None
+
+
+def test_unsafe_names_and_log_dirs_are_refused():
+    with pytest.raises(SpecError, match="run name"):
+        render_job_script(job(name="x;rm -rf ~"), SlurmSettings(), CTX)
+    with pytest.raises(SpecError, match="run name"):
+        render_job_script(job(name="a\nb"), SlurmSettings(), CTX)
+    with pytest.raises(SpecError, match="run name"):
+        render_job_script(job(name="trailing\n"), SlurmSettings(), CTX)
+    for bad in ('/o"ut/slurm', "/o\\ut/slurm", "/o\nut"):
+        ctx = ScriptContext("/project", "python", bad)
+        with pytest.raises(SpecError, match="log directory"):
+            render_job_script(job(), SlurmSettings(), ctx)
+
+
+@pytest.mark.parametrize(
+    ("log_dir", "expected"),
+    [
+        ("/data/100%/slurm", "/data/100%%/slurm/%x-%j.out"),  # %% is Slurm's literal %
+        ("/out dir/slurm", '"/out dir/slurm/%x-%j.out"'),  # sbatch 22.05 honours double quotes
+        ("/o#ut/it's/slurm", '"/o#ut/it\'s/slurm/%x-%j.out"'),  # unquoted, '#' would end the line
+    ],
+)
+def test_log_dir_in_sbatch_lines(log_dir, expected):
+    text = render_job_script(job(), SlurmSettings(), ScriptContext("/p", "python", log_dir))
+    assert f"#SBATCH --output={expected}" in text.splitlines()
+
+
+def test_strict_undefined(tmp_path):
+    (tmp_path / "job.sbatch.j2").write_text("#!/bin/bash\necho {{ no_such_variable }}\n")
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        render_job_script(job(), SlurmSettings(), CTX, templates=tmp_path)
