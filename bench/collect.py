@@ -10,6 +10,9 @@ fresh copy of the planned database:
 3. `reatt report` (the CLI in a subprocess, as a user runs it, imports included), unless
    reatt.report is missing or --no-report.
 
+It also times the CLI's start: `reatt --help` and `reatt plan` (which must not pay for
+importing torch), beside `python -c "import torch"` for scale.
+
 Prints a Markdown table of medians (min-max). Run from the repository root:
 
     python bench/collect.py                          # 1,000 runs x 2,000 steps (a few minutes)
@@ -104,6 +107,30 @@ def timed(fn):  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0, out
 
 
+def cli_startup(spec_path: Path, tmp: Path, n_runs: int, reps: int = 5) -> list[tuple[str, list[float]]]:
+    """Wall seconds of `reatt --help`, `reatt plan SPEC` and `import torch`, each a new process."""
+    commands = [
+        ("`reatt --help`", [sys.executable, "-m", "reatt", "--help"]),
+        (
+            f"`reatt plan` ({n_runs:,} jobs, unchanged)",
+            [sys.executable, "-m", "reatt", "plan", str(spec_path)],
+        ),
+        ('`python -c "import torch"` (for scale)', [sys.executable, "-c", "import torch"]),
+    ]
+    out = []
+    for label, cmd in commands:
+        if "plan" in cmd:
+            cmd = [*cmd, "--db", str(tmp / "startup.db")]
+            subprocess.run(cmd, capture_output=True, check=True)  # first plan records the study
+        times = []
+        for _ in range(reps):
+            t, proc = timed(lambda cmd=cmd: subprocess.run(cmd, capture_output=True))
+            assert proc.returncode == 0, proc.stderr
+            times.append(t)
+        out.append((label, times))
+    return out
+
+
 def fmt_range(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
@@ -143,6 +170,8 @@ def main() -> int:
             f"plan {t_plan + t_plan2:.1f} s, files written in {t_write:.1f} s",
             flush=True,
         )
+
+        startup = cli_startup(spec_path, tmp, n_runs)
 
         have_report = not args.no_report
         if have_report:
@@ -207,6 +236,11 @@ def main() -> int:
             print(f"| `reatt report --plot` | {fmt_range(report_plot)} | - |")
         if not report:
             print("\n(`reatt report` not timed)")
+        print()
+        print("| CLI start (new process) | seconds |")
+        print("| --- | --- |")
+        for label, times in startup:
+            print(f"| {label} | {fmt_range(times)} |")
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)

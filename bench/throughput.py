@@ -223,7 +223,8 @@ def main() -> None:
     )
     print()
     print(
-        "| model | allocator | reference (manual attn) | reatt baseline | reatt all-on | baseline / ref | all-on / ref |"
+        "| model | allocator | reference (manual attn) | reatt baseline | reatt all-on "
+        "| baseline / ref | all-on / ref |"
     )
     print("|---|---|---|---|---|---|---|")
     for model_type in args.models.split(","):
@@ -231,12 +232,13 @@ def main() -> None:
             res = run_worker(model_type, args, tuned)
             med = {k: statistics.median(v) for k, v in res.items()}
             ratio = {
-                k: statistics.median(a / b for a, b in zip(res[k], res["reference"]))
+                k: statistics.median(a / b for a, b in zip(res[k], res["reference"], strict=True))
                 for k in ("baseline", "all-on")
             }
+            alloc = "tuned" if tuned else "glibc default"
             print(
-                f"| {model_type} | {'tuned' if tuned else 'glibc default'} | {med['reference']:,.0f} | "
-                f"{med['baseline']:,.0f} | {med['all-on']:,.0f} | {ratio['baseline']:.2f} | {ratio['all-on']:.2f} |",
+                f"| {model_type} | {alloc} | {med['reference']:,.0f} | {med['baseline']:,.0f} | "
+                f"{med['all-on']:,.0f} | {ratio['baseline']:.2f} | {ratio['all-on']:.2f} |",
                 flush=True,
             )
     speeds = cache_build_speed(3)

@@ -147,7 +147,11 @@ def submit(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Without --cluster: runs in parallel")] = 1,
     resubmit_failed: Annotated[
         bool,
-        typer.Option("--resubmit-failed", help="Resubmit exactly the failed, cancelled or timed-out runs"),
+        typer.Option(
+            "--resubmit-failed",
+            help="Also resubmit runs that failed, were cancelled, timed out, were preempted or interrupted "
+            "(they resume from their checkpoints)",
+        ),
     ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Resubmit every run from scratch (old run dirs are moved aside)")

@@ -13,6 +13,11 @@ twice adds nothing and a collect after one run finished reads that run only. A c
 read whole: its results from ``final.json``, its ``config.json``, and its ``loss.csv`` rows,
 which replace the run's ``metrics`` rows.
 
+A run of a planned study that is pending or running keeps the state ``reatt status`` gave it
+(status.py owns the live states): only a final.json written since the job was submitted, the
+attempt's own record of its end, changes it. A resubmitted run's work dir keeps the failed
+attempt's final.json until the new attempt starts; that record is ignored.
+
 Everything happens in one transaction: an interrupted or failed collect leaves the database as
 the previous collect left it. A truncated last line of a ``loss.csv`` (a run still writing, or
 killed) is ignored with a warning; a run whose directory is gone or whose files cannot be read
@@ -26,10 +31,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, Float, delete, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, Float, Table, delete, insert, select
+from sqlalchemy.orm import Session, object_session
 
 from reatt import db, rundir, states
 from reatt.config import get_default_config, parse_value
@@ -65,6 +70,8 @@ FINAL_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("n_params", int),
     ("n_params_non_embedding", int),
 )
+# every Run column collect fills from a run directory (``clear_results`` empties them)
+RESULT_COLUMNS = (*(key for key, _ in FINAL_FIELDS), "config", "files", "collect_error", "collected_at")
 
 
 @dataclass
@@ -135,7 +142,7 @@ def _tree(path: Path, as_study: str | None) -> tuple[str, Path, list[Path]]:
     if not root.is_dir():
         raise StudyError(f"{path}: not a directory")
     name = as_study if as_study is not None else root.name
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # fullmatch: match lets a trailing newline through
         raise StudyError(
             f"study name {name!r} (from {path}): expected letters, digits, '_', '.', '+' or '-'; "
             "choose one with --as NAME"
@@ -241,7 +248,7 @@ def read_run_files(work_dir: Path) -> _RunFiles:
         try:
             setattr(out, attr, rundir.read_json(work_dir / fname))
         except (OSError, ValueError, UnicodeDecodeError) as e:
-            out.problems.append(f"{fname} unreadable: {_short(e)}")
+            out.problems.append(f"{fname} unreadable: {rundir.one_line(e)}")
     if out.final is not None:
         for key, kinds in FINAL_FIELDS:
             value = out.final.get(key)
@@ -253,13 +260,13 @@ def read_run_files(work_dir: Path) -> _RunFiles:
     except FileNotFoundError:
         pass
     except (OSError, UnicodeDecodeError) as e:
-        out.warnings.append(f"args.txt unreadable: {_short(e)}")
+        out.warnings.append(f"args.txt unreadable: {rundir.one_line(e)}")
     try:
         loss = rundir.read_loss_csv(work_dir / "loss.csv")
     except FileNotFoundError:
         return out
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        out.problems.append(f"loss.csv unreadable: {_short(e)}")
+        out.problems.append(f"loss.csv unreadable: {rundir.one_line(e)}")
         return out
     if loss.truncated:
         out.warnings.append("loss.csv: truncated last line ignored (a run still writing, or killed)")
@@ -278,11 +285,6 @@ def read_run_files(work_dir: Path) -> _RunFiles:
     else:
         out.rows = loss.rows
     return out
-
-
-def _short(e: BaseException, width: int = 200) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _collect_study(session: Session, st: db.Study, sink: _MetricSink, result: CollectResult) -> None:
@@ -317,7 +319,12 @@ def _collect_run(st: db.Study, run: db.Run, live: bool, sink: _MetricSink, resul
 
     got = read_run_files(work_dir)
     result.runs_read += 1
+    active = live and run.state in states.ACTIVE_STATES
+    if active and rundir.written_before(work_dir / "final.json", got.final, run.submitted_at):
+        got.final = None  # the previous attempt's record: nothing of it describes the job now queued
     result.warnings += [f"{where}: {w}" for w in got.warnings]
+    if active:  # the live state stays; what could not be read is said, and kept in collect_error
+        result.warnings += [f"{where}: {p} ({run.state}: state left to `reatt status`)" for p in got.problems]
     if run.id is not None:
         sink.replace(run.id)
     if got.rows:
@@ -345,7 +352,18 @@ def _collect_run(st: db.Study, run: db.Run, live: bool, sink: _MetricSink, resul
 
 
 def _state(run: db.Run, live: bool, got: _RunFiles, work_dir: Path) -> tuple[str, str | None]:
-    """The run's state after reading its files (final.json decides when there is one)."""
+    """The run's state after reading its files (final.json decides when there is one).
+
+    A pending or running run of a planned study keeps its state (status.py asks Slurm, or the
+    local process table, for it) unless a final.json of its current attempt says how it ended
+    (an earlier attempt's was set aside by the caller). Were it to become failed or broken
+    from a stale or half-read file, status.py would not watch its job any more, and
+    `submit --resubmit-failed` would start a second job on the same work dir.
+    """
+    if live and run.state in states.ACTIVE_STATES:
+        status = (got.final or {}).get("status")
+        if got.problems or status not in (states.COMPLETED, states.FAILED):
+            return run.state, run.state_reason
     if got.problems:
         return states.BROKEN, "; ".join(got.problems)
     if got.final is not None:
@@ -360,6 +378,17 @@ def _state(run: db.Run, live: bool, got: _RunFiles, work_dir: Path) -> tuple[str
     if live and run.state != states.BROKEN:
         return run.state, run.state_reason  # no result yet: status.py owns the live state
     return rundir.state_from_files(work_dir)
+
+
+def clear_results(run: db.Run) -> None:
+    """Forget what collect read from a run's directory: its result columns (``RESULT_COLUMNS``)
+    and its metrics rows. For a run that starts over in a new directory (``--force``), under
+    either executor; the next collect reads the new directory whole."""
+    for column in RESULT_COLUMNS:
+        setattr(run, column, None)
+    session = object_session(run)
+    if session is not None and run.id is not None:
+        session.execute(delete(db.Metric).where(db.Metric.run_id == run.id))
 
 
 def _describe_handmade(run: db.Run, got: _RunFiles) -> None:
@@ -403,7 +432,7 @@ class _MetricSink:
 
     def __init__(self, session: Session) -> None:
         self.conn = session.connection()
-        self.table = db.Metric.__table__
+        self.table = cast(Table, db.Metric.__table__)  # a Table, typed as its base FromClause
         self.sql = _positional_insert_sql(self.conn.dialect, self.table)
         self.deletes: list[int] = []
         self.rows: list[tuple[Any, ...]] = []

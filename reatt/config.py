@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -201,8 +202,8 @@ def coerce(key: str, value: Any, *, where: str = "") -> Any:
         else:
             raise bad("an int")
     elif isinstance(want, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a float")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite float")
         out = float(value)
     elif isinstance(want, str):
         if not isinstance(value, str):
@@ -212,7 +213,9 @@ def coerce(key: str, value: Any, *, where: str = "") -> Any:
         ok = (
             isinstance(value, (tuple, list))
             and len(value) == len(want)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            )
         )
         if not ok:
             raise bad(f"a tuple of {len(want)} numbers, like {want}")
@@ -241,8 +244,14 @@ def parse_value(key: str, text: str, *, where: str = "") -> Any:
     return coerce(key, value, where=where)
 
 
-def format_value(value: Any) -> str:
-    """The text of an override that ``parse_value`` reads back as ``value`` (for argv)."""
+def format_value(key: str, value: Any) -> str:
+    """The text of a ``--key=text`` override that ``parse_value`` reads back as ``value``.
+
+    Plain text for strings that read back unchanged (``gpt-nano``, paths); ``repr`` otherwise
+    (numbers, bools, tuples, and strings that would be read as a quoted literal).
+    """
+    if isinstance(value, str) and parse_value(key, value) == value:
+        return value
     return repr(value)
 
 
@@ -251,6 +260,13 @@ class CfgNode:
 
     def __init__(self, **kwargs: Any) -> None:
         self.__dict__.update(kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for a missing attribute (a typo in code): say which ones exist. Also
+        tells type checkers that a node's attributes are dynamic."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"config node has no key {name!r}; it has: {', '.join(self.__dict__)}")
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -25,10 +25,11 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+from reatt.atomic import atomic_writer
 
 # Bump when the documents this module produces change, so an old cached file is not reused.
 CORPUS_VERSION = 1
@@ -64,23 +65,17 @@ def corpus_file_name() -> str:
 def embedded_corpus_path(cache_dir: str | os.PathLike[str]) -> Path:
     """The embedded corpus's JSONL file under ``cache_dir/corpus/``, built on first use.
 
-    Built atomically (temp file, then ``os.replace``), so concurrent first runs are safe and a
-    half-written file is never seen under the final name.
+    Built atomically and durably (``reatt.atomic``: temp file, fsync, ``os.replace``), so
+    concurrent first runs are safe and a half-written file is never seen under the final name.
     """
     out_dir = Path(cache_dir) / "corpus"
     path = out_dir / corpus_file_name()
     if path.is_file():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for doc in iter_documents():
-                f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, "w", encoding="utf-8", newline="\n") as f:
+        for doc in iter_documents():
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
     return path
 
 

@@ -8,7 +8,8 @@ The pieces, in the order a run meets them:
 - ``open_token_cache``: the file's token ids, built once by streaming the file through the fast
   tokenizer in batches, then memory-mapped. The cache is keyed by the file's content (not its
   name) and the tokenizer, built under a lock into a temporary directory and renamed into place,
-  so concurrent jobs on one file build it once and never read a half-written cache.
+  so concurrent jobs on one file build it once and never read a half-written cache. A finished
+  cache is never moved or removed, with or without working locks.
 - ``split_documents``: the train/test split, by document, from ``data.split_seed`` only, so
   every variant and every seed of a study is evaluated on the same held-out text.
 - ``JSONLDataset``: item ``k`` is the k-th sample of an endless deterministic stream of windows
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from reatt.atomic import atomic_writer, fsync_dir, write_atomic
 from reatt.corpus import embedded_corpus_path
 from reatt.errors import ConfigError, DataError
 from reatt.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
@@ -104,9 +106,7 @@ def content_hash(path: Path, cache_dir: Path, display: str = "") -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 # --------------------------------------------------------------------------- reading JSONL
@@ -282,7 +282,8 @@ def open_token_cache(
 
     Safe when several processes call it at once on the same file: the builder holds an
     exclusive ``flock`` on ``<key>.lock`` (if the filesystem refuses locks, each builds its own
-    copy and the first rename wins). Raises DataError for a missing/unreadable/unusable file.
+    copy and the first rename wins: nothing is cleared up front, and a finished cache is never
+    moved aside). Raises DataError for a missing/unreadable/unusable file.
     """
     display = display or str(path)
     if not path.exists():
@@ -301,7 +302,8 @@ def open_token_cache(
             with _exclusive_lock(final.parent / f"{key}.lock") as locked:
                 cache = TokenCache.try_open(final)  # another process may have finished it
                 if cache is None:
-                    _clear_unfinished(final, stale_temps=locked)
+                    if locked:  # without the lock, a rename into place may be under way
+                        _clear_unfinished(final)
                     _build(path, display, tokenizer, final, skip_bad_lines, file_hash)
                     cache = TokenCache.try_open(final)
     except OSError as e:  # reading the data file raises DataError, so this is the cache dir
@@ -332,16 +334,32 @@ def _exclusive_lock(lock_path: Path) -> Iterator[bool]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _clear_unfinished(final: Path, stale_temps: bool) -> None:
-    """Remove an unusable ``final`` dir and, if we hold the lock, dead builders' temp dirs."""
-    if final.exists():
-        aside = final.with_name(f"{final.name}.bad-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def _clear_unfinished(final: Path) -> None:
+    """Under the lock: remove an unusable ``final`` dir and dead builders' temp dirs."""
+    _remove_if_unusable(final)
+    # a live builder would hold the lock, so these belong to dead ones
+    for tmp in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_if_unusable(final: Path) -> None:
+    """Move ``final`` aside and delete it, unless it is a finished cache.
+
+    Checked right before the move; and should a finished cache have been renamed into place
+    in between (only possible without working locks), the move is undone.
+    """
+    if not final.exists() or TokenCache.try_open(final) is not None:
+        return
+    aside = final.with_name(f"{final.name}.bad-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(final, aside)  # atomic: only one process moves it
+    except OSError:
+        return  # gone meanwhile
+    if TokenCache.try_open(aside) is not None:
         with contextlib.suppress(OSError):
-            os.rename(final, aside)  # atomic: only one process moves it
-            shutil.rmtree(aside, ignore_errors=True)
-    if stale_temps:  # a live builder would hold the lock, so these belong to dead ones
-        for tmp in final.parent.glob(f"{final.name}.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            os.rename(aside, final)  # put it back; fails only if another finished one is there
+            return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _build(
@@ -354,13 +372,24 @@ def _build(
         log.info("tokenizing %s (%.1f MB) into the cache %s", display, path.stat().st_size / 1e6, final)
         meta = _tokenize_into(path, display, tokenizer, tmp, skip_bad_lines)
         meta["content_sha256"] = file_hash
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_atomic(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")  # last: marks it finished
+        fsync_dir(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
-            if TokenCache.try_open(final) is None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race: use theirs
+            if TokenCache.try_open(final) is not None:
+                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race: use theirs
+                return
+            # an unusable leftover is in the way (only without the lock: with it, it was cleared)
+            _remove_if_unusable(final)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if TokenCache.try_open(final) is None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+        fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -392,7 +421,8 @@ def _tokenize_into(
     n_docs = len(offsets) - 1
     if n_docs == 0:
         raise DataError(_no_documents_message(display, lines))
-    np.save(out / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+    with atomic_writer(out / "offsets.npy") as f:  # fsynced, like tokens.bin
+        np.save(f, np.frombuffer(offsets, dtype=np.int64))
     seconds = time.perf_counter() - start
     log.info("tokenized %s: %d documents, %d tokens in %.1f s", display, n_docs, n_tokens, seconds)
     return {

@@ -181,13 +181,26 @@ def open_db(db: str | os.PathLike[str] | None = None) -> Engine:
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """A session in one transaction: committed at the end, rolled back on any error."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        yield session
+    """A session in one transaction: committed at the end, rolled back on any error.
+
+    A database error (locked for longer than the busy timeout by another reatt command, a
+    read-only file, a full disk) becomes a DatabaseError naming the database.
+    """
+    try:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    except OperationalError as e:
+        hint = (
+            "; another reatt command (a long collect?) holds it: try again" if "locked" in str(e.orig) else ""
+        )
+        raise DatabaseError(
+            f"database {engine.url.render_as_string(hide_password=True)}: {e.orig}{hint}"
+        ) from None
 
 
 def get_study(session: Session, name: str | None) -> Study:
-    """The study called ``name``; without a name, the one most recently given to `reatt plan`."""
+    """The study called ``name``; without a name, the planned study given most recently to
+    `reatt plan` (studies made by `reatt collect PATH` are only chosen by name)."""
     if name:
         study = session.scalar(select(Study).where(Study.name == name))
         if study is None:
@@ -195,7 +208,17 @@ def get_study(session: Session, name: str | None) -> Study:
             hint = f"; known studies: {', '.join(known)}" if known else "; run `reatt plan SPEC` first"
             raise StudyError(f"no study named {name!r} in the database{hint}")
         return study
-    study = session.scalar(select(Study).order_by(Study.planned_at.desc(), Study.id.desc()).limit(1))
+    study = session.scalar(
+        select(Study)
+        .where(Study.spec_hash.is_not(None))
+        .order_by(Study.planned_at.desc(), Study.id.desc())
+        .limit(1)
+    )
     if study is None:
+        collected = session.scalars(select(Study.name).order_by(Study.name)).all()
+        if collected:
+            raise StudyError(
+                f"no planned study in the database; name one with --study (collected: {', '.join(collected)})"
+            )
         raise StudyError("the database holds no study yet; run `reatt plan SPEC` first")
     return study

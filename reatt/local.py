@@ -6,6 +6,12 @@ The database learns each run's state as it changes, one short transaction at a t
 ``reatt status`` in another terminal sees a run as running while it runs); no transaction is
 held open while a job runs. A failed run is recorded and reported, and the others go on.
 
+Right before starting a run, its pool thread claims it with one conditional UPDATE (the run's
+state and job id must still be what the selection saw); a run another command (a second
+``reatt submit``, local or ``--cluster``) took meanwhile is skipped and reported, never started
+twice. A started run's job id is ``local:<host>:<pid>`` (``parse_local_job_id`` also reads the
+older ``local:<pid>``).
+
 Ctrl-C asks every running job to checkpoint and stop (SIGINT, which the training program
 answers by saving ``ckpt.pt`` and exiting 75), records them as interrupted, and starts nothing
 more; a second Ctrl-C kills them. ``reatt submit --resubmit-failed`` resumes them.
@@ -13,11 +19,13 @@ more; a second Ctrl-C kills them. ``reatt submit --resubmit-failed`` resumes the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import queue
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from reatt import db, plan, rundir, states
-from reatt.errors import ReattError
+from reatt.errors import DatabaseError, ReattError
 
 EXECUTOR = "local"
 LOG_NAME = "train.log"
@@ -40,6 +49,7 @@ EXIT_OK, EXIT_INTERRUPTED = 0, 75  # reatt.train's exit codes (not imported: tha
 LOG_TAIL_LINES = 3  # lines of train.log quoted in the reason of a run that left no final.json
 POLL_S = 0.5  # how often the display looks at the running jobs' loss.csv
 DB_RETRY_S = 600.0  # how long a state change waits for a database another command holds
+TAKEN = "taken"  # an outcome, not a run state: another command claimed the run first
 
 
 @dataclass
@@ -50,11 +60,34 @@ class LocalResult:
     completed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run, reason)
     interrupted: list[str] = field(default_factory=list)  # stopped by Ctrl-C; submit again to resume
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run, its state): not selected
+    # (run, its state) not selected; or (run, "taken by another command (...)"): claimed
+    # by another submit between this one's selection and its start
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)  # dry run: each job's shell command line
     not_started: list[str] = field(default_factory=list)  # selected, but Ctrl-C came first
     archived: list[tuple[str, str]] = field(default_factory=list)  # --force: (run dir, moved to)
     dry_run: bool = False
+
+
+def this_host() -> str:
+    """This machine's short host name, as local job ids record it (at most 40 characters)."""
+    return socket.gethostname().split(".")[0][:40] or "localhost"
+
+
+def local_job_id(pid: int) -> str:
+    """``local:<host>:<pid>``: a local job's id (the pid alone is ambiguous across machines)."""
+    return f"local:{this_host()}:{pid}"
+
+
+def parse_local_job_id(job_id: str | None) -> tuple[str | None, int] | None:
+    """(host, pid) of a local job id; host is None for the older ``local:<pid>`` form.
+    None if ``job_id`` is not a local job id."""
+    if not job_id or not job_id.startswith("local:"):
+        return None
+    host, _, pid = job_id[len("local:") :].rpartition(":")
+    if not pid.isdigit():
+        return None
+    return host or None, int(pid)
 
 
 def cpu_count() -> int:
@@ -97,17 +130,33 @@ def shell_line(job: plan.JobSpec, jobs: int) -> str:
     return f"{env} {shlex.join(train_command(job))} >> {log} 2>&1"
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """A run's row as the selection saw it: the claim requires it unchanged."""
+
+    state: str
+    state_reason: str | None
+    executor: str | None
+    job_id: str | None
+    sbatch_path: str | None
+    submitted_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, run: db.Run) -> _Seen:
+        return cls(run.state, run.state_reason, run.executor, run.job_id, run.sbatch_path, run.submitted_at)
+
+
 @dataclass
 class _Outcome:
     name: str
-    state: str  # completed, failed, interrupted, or "" (not started)
+    state: str  # completed, failed, interrupted, TAKEN, or "" (not started)
     reason: str | None = None
     archived: tuple[str, str] | None = None
 
 
 @dataclass
 class _Event:
-    kind: str  # "start" or "end"
+    kind: str  # "start", "end" or "taken"
     name: str
     text: str
     outcome: _Outcome | None = None
@@ -118,6 +167,7 @@ class _Runner:
 
     def __init__(self, engine: Engine, jobs: int, force: bool) -> None:
         self.engine, self.jobs, self.force = engine, jobs, force
+        self.claim_id = local_job_id(os.getpid())  # a claimed run's job id until its process starts
         self.lock = threading.Lock()
         self.stopping = False  # Ctrl-C: start nothing more
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -143,7 +193,26 @@ class _Runner:
             return [n for n, p in self.procs.items() if p.poll() is None]
 
     # --- called from the pool's threads ---
-    def run(self, run_id: int, job: plan.JobSpec) -> _Outcome:
+    def run(self, run_id: int, job: plan.JobSpec, seen: _Seen) -> _Outcome:
+        with self.lock:
+            if self.stopping:
+                return _Outcome(job.name, "")
+        taken = self._claim(run_id, seen)  # outside the lock: it may wait for the database
+        if taken is not None:
+            outcome = _Outcome(job.name, TAKEN, f"taken by another command ({taken})")
+            self.events.put(_Event("taken", job.name, outcome.reason or "", outcome))
+            return outcome
+        try:
+            outcome = self._start_and_wait(run_id, job)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._release(run_id, seen)  # a no-op once the run was recorded as started
+            raise
+        if not outcome.state:  # Ctrl-C came between the claim and the start
+            self._release(run_id, seen)
+        return outcome
+
+    def _start_and_wait(self, run_id: int, job: plan.JobSpec) -> _Outcome:
         work_dir = Path(job.work_dir)
         archived = None
         with self.lock:  # so that Ctrl-C either sees this process or stops it from starting
@@ -229,15 +298,66 @@ class _Runner:
         tail = _log_tail(work_dir / LOG_NAME, log_start)
         return _Outcome(job.name, states.FAILED, _exit_text(rc) + (f": {tail}" if tail else ""))
 
+    def _claim(self, run_id: int, seen: _Seen) -> str | None:
+        """Take the run for this command: one atomic conditional UPDATE to ``pending`` (with this
+        submit's pid as job id until the training process starts), applied only if the run's
+        state and job id are still what the selection saw. None if taken; else what another
+        command made of the run meanwhile, e.g. "running, job local:host:123"."""
+        t = db.Run
+        same_job = t.job_id.is_(None) if seen.job_id is None else t.job_id == seen.job_id
+        claim = (
+            update(t)
+            .where(t.id == run_id, t.state == seen.state, same_job)
+            .values(
+                state=states.PENDING,
+                state_reason="starting (reatt submit, local)",
+                executor=EXECUTOR,
+                job_id=self.claim_id,
+                sbatch_path=None,
+                submitted_at=db.utc_now(),
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+        def attempt(session: Session) -> str | None:
+            if session.execute(claim).rowcount == 1:  # type: ignore[attr-defined]
+                return None
+            run = session.get(db.Run, run_id)
+            if run is None:
+                return "dropped from the plan"
+            return f"{run.state}" + (f", job {run.job_id}" if run.job_id else "")
+
+        return self._in_transaction(attempt)
+
+    def _release(self, run_id: int, seen: _Seen) -> None:
+        """Undo our claim of a run that was not started (Ctrl-C came first); a no-op if the run
+        is no longer claimed by us."""
+        t = db.Run
+        release = (
+            update(t)
+            .where(t.id == run_id, t.state == states.PENDING, t.job_id == self.claim_id)
+            .values(
+                state=seen.state,
+                state_reason=seen.state_reason,
+                executor=seen.executor,
+                job_id=seen.job_id,
+                sbatch_path=seen.sbatch_path,
+                submitted_at=seen.submitted_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        self._in_transaction(lambda session: session.execute(release))
+
     def _record_start(self, run_id: int, pid: int, fresh: bool) -> None:
         def change(run: db.Run) -> None:
             run.state, run.state_reason = states.RUNNING, None
-            run.executor, run.job_id = EXECUTOR, f"local:{pid}"
+            run.executor, run.job_id = EXECUTOR, local_job_id(pid)
             run.sbatch_path = None
             run.submitted_at = db.utc_now()
-            if fresh:  # the results collected so far belong to the directory moved aside
-                for column in _RESULT_COLUMNS:
-                    setattr(run, column, None)
+            if fresh:  # the results and metrics collected so far belong to the directory moved aside
+                from reatt.collect import clear_results
+
+                clear_results(run)
 
         self._update(run_id, change)
 
@@ -249,7 +369,17 @@ class _Runner:
         self._update(run_id, change)
 
     def _update(self, run_id: int, change: Callable[[db.Run], None]) -> None:
-        """Apply ``change`` to the run's row in a transaction of its own, committed at once.
+        """Apply ``change`` to the run's row in a transaction of its own, committed at once."""
+
+        def apply(session: Session) -> None:
+            run = session.get(db.Run, run_id)
+            if run is not None:  # None: dropped from the plan meanwhile (plan --force)
+                change(run)
+
+        self._in_transaction(apply)
+
+    def _in_transaction(self, fn: Callable[[Session], Any]) -> Any:
+        """``fn(session)`` in a transaction of its own, committed at once; its result.
 
         Another reatt command may hold the database for a while (a collect writes all its
         rows in one transaction); SQLite's busy timeout waits 30 s, and this keeps trying for
@@ -258,31 +388,11 @@ class _Runner:
         while True:
             try:
                 with db.transaction(self.engine) as session:
-                    run = session.get(db.Run, run_id)
-                    if run is not None:  # None: dropped from the plan meanwhile (plan --force)
-                        change(run)
-                return
-            except OperationalError as e:
+                    return fn(session)
+            except (OperationalError, DatabaseError) as e:  # db.transaction wraps the first
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
-
-
-_RESULT_COLUMNS = (
-    "final_nll",
-    "final_train_loss",
-    "steps",
-    "tokens",
-    "tokens_per_s",
-    "wall_time_s",
-    "mfu",
-    "n_params",
-    "n_params_non_embedding",
-    "config",
-    "files",
-    "collect_error",
-    "collected_at",
-)
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -345,20 +455,24 @@ def submit_local(
         st = db.get_study(session, name)
         to_submit, skipped = select_runs(list(st.runs), resubmit_failed=resubmit_failed, force=force)
         by_name = {j.name: j for j in plan.jobs_of(st)}
-        selected = sorted(((r.position, r.id, by_name[r.name]) for r in to_submit), key=lambda t: t[0])
+        selected = sorted(
+            ((r.position, r.id, by_name[r.name], _Seen.of(r)) for r in to_submit), key=lambda t: t[0]
+        )
     result = LocalResult(study=name, skipped=skipped, dry_run=dry_run)
     if dry_run:
-        result.commands = [shell_line(job, jobs) for _, _, job in selected]
+        result.commands = [shell_line(job, jobs) for _, _, job, _ in selected]
         return result
     if not selected:
         return result
 
     runner = _Runner(engine, jobs, force)
-    display = _display(show_progress, [job for _, _, job in selected])
+    display = _display(show_progress, [job for _, _, job, _ in selected])
     outcomes: dict[str, _Outcome] = {}
     interrupts = 0
     with display, ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="reatt-job") as pool:
-        futures: list[Future[_Outcome]] = [pool.submit(runner.run, rid, job) for _, rid, job in selected]
+        futures: list[Future[_Outcome]] = [
+            pool.submit(runner.run, rid, job, seen) for _, rid, job, seen in selected
+        ]
         pending = set(futures)
         while pending:
             try:
@@ -380,11 +494,13 @@ def submit_local(
         for fut in futures:
             out = fut.result()  # a bug in a pool thread surfaces here
             outcomes[out.name] = out
-    for _, _, job in selected:
+    for _, _, job, _ in selected:
         out = outcomes[job.name]
         if out.archived:
             result.archived.append(out.archived)
-        if out.state == states.COMPLETED:
+        if out.state == TAKEN:
+            result.skipped.append((job.name, out.reason or "taken by another command"))
+        elif out.state == states.COMPLETED:
             result.completed.append(job.name)
         elif out.state == states.INTERRUPTED:
             result.interrupted.append(job.name)
@@ -431,6 +547,9 @@ class _Display:
             self.message(f"started {ev.name} ({ev.text})")
             return
         self.done += 1
+        if ev.kind == "taken":
+            self.message(f"[{self.done}/{self.total}] skipped {ev.name}: {ev.text}")
+            return
         out = ev.outcome
         assert out is not None
         detail = f": {out.reason}" if out.reason else ""

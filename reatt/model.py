@@ -175,9 +175,11 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+        elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:

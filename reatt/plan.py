@@ -52,7 +52,7 @@ TRAIN_ENV = {"GLIBC_TUNABLES": GLIBC_TUNABLES, "PYTHONUNBUFFERED": "1"}
 TRAIN_MODULE = "reatt.train"  # run as: python -m reatt.train <JobSpec.argv()>
 
 MATRICES = ("standard", "leave-one-out", "factorial", "list")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")  # use fullmatch: "$" lets a final "\n" in
 # set by the plan for each run; a spec may not set them
 PLAN_KEYS = ("system.seed", "system.work_dir")
 DEFAULT_SEED = 3407
@@ -120,7 +120,7 @@ class JobSpec:
 
     def argv(self) -> list[str]:
         """Arguments of ``python -m reatt.train`` for this job."""
-        return [f"--{k}={format_value(v)}" for k, v in self.overrides.items()]
+        return [f"--{k}={format_value(k, v)}" for k, v in self.overrides.items()]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -198,6 +198,7 @@ def expand_matrix(
     - list: the spec's ``[runs.<name>]`` tables, each with ``features`` and optional ``set``.
     """
     feats = tuple(features)
+    out: list[tuple[str, tuple[str, ...]]]
     if matrix == "standard":
         out = [("baseline", ())] + [(f, (f,)) for f in feats]
         if len(feats) > 1:
@@ -264,7 +265,7 @@ def load_spec(path: str | Path) -> StudySpec:
             f"valid: {', '.join(sorted(known_study))}"
         )
     name = st.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise SpecError(
             f"{where}: [study] name = {name!r}: expected letters, digits, '_', '.', '+' or '-' "
             "(starting with a letter or digit)"
@@ -292,7 +293,7 @@ def load_spec(path: str | Path) -> StudySpec:
     base = _check_overrides(_table(raw, "base", where), f"{where}: [base]")
     features: dict[str, dict[str, Any]] = {}
     for fname, fover in _table(raw, "features", where).items():
-        if not NAME_RE.match(fname):
+        if not NAME_RE.fullmatch(fname):
             raise SpecError(
                 f"{where}: feature name {fname!r}: expected letters, digits, '_', '.', '+' or '-'"
             )
@@ -309,7 +310,7 @@ def load_spec(path: str | Path) -> StudySpec:
             raise SpecError(f'{where}: matrix = "list" needs [runs.<name>] tables')
         for rname, rdef in runs_table.items():
             rwhere = f"{where}: run {rname!r}"
-            if not NAME_RE.match(rname):
+            if not NAME_RE.fullmatch(rname):
                 raise SpecError(f"{rwhere}: expected a name of letters, digits, '_', '.', '+' or '-'")
             if not isinstance(rdef, dict) or set(rdef) - {"features", "set"}:
                 raise SpecError(
@@ -334,6 +335,13 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(f"{where}: matrix {matrix!r} needs at least one entry in [features]")
 
     variant_names = [v[0] for v in expand_matrix(matrix, list(features), runs)]
+    repeated = sorted({n for n in variant_names if variant_names.count(n) > 1})
+    if repeated:
+        raise SpecError(
+            f"{where}: matrix {matrix!r} gives several runs named {', '.join(map(repr, repeated))}; "
+            "rename the feature(s) that collide (the standard matrix also names runs 'baseline' and "
+            "'all', leave-one-out 'no-<feature>', factorial joins names with '+')"
+        )
     default_reference = (
         "all"
         if matrix == "leave-one-out"
@@ -345,6 +353,12 @@ def load_spec(path: str | Path) -> StudySpec:
             f"{where}: [study] reference = {reference!r} is not a run; runs: {', '.join(variant_names)}"
         )
     slurm = SlurmSettings.from_table(_table(raw, "slurm", where), where + ": ")
+    from reatt.slurm import check_settings  # here: slurm.py imports this module
+
+    try:
+        check_settings(slurm)
+    except SpecError as e:
+        raise SpecError(f"{where}: [slurm]: {e}") from None
 
     spec = StudySpec(
         name=name,
@@ -402,11 +416,9 @@ def plan_study(spec: StudySpec, engine: Any, *, force: bool = False, new_version
     changed runs start over with their old directory moved aside, dropped runs leave the
     database but keep their files).
     """
-    import datetime as dt
-
     from sqlalchemy import select
 
-    from reatt import db, states
+    from reatt import db, rundir, states
 
     if force and new_version:
         raise SpecError("choose one of --force and --new-version")
@@ -454,31 +466,32 @@ def plan_study(spec: StudySpec, engine: Any, *, force: bool = False, new_version
                     f"run {run.name!r} of study {spec.name!r} is {run.state} (job {run.job_id}); "
                     "cancel it first (`reatt cancel`) or plan without --force"
                 )
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        to_move: list[Path] = []  # the changed runs' old directories, moved aside once committed
         for name, run in by_name.items():
             if name not in wanted:
                 session.delete(run)
                 result.dropped.append(name)
         for job in jobs:
-            run = by_name.get(job.name)
-            if run is None:
+            current = by_name.get(job.name)
+            if current is None:
                 session.add(_run_row(existing, job))
                 continue
-            if _plain(job.overrides) == run.overrides:
-                run.position = job.position
+            if _plain(job.overrides) == current.overrides:
+                current.position = job.position
                 continue
-            old = Path(run.work_dir)
-            if old.exists():
-                aside = old.with_name(f"{old.name}.replaced-{stamp}")
-                old.rename(aside)
-                result.moved.append((str(old), str(aside)))
-            session.delete(run)
+            to_move.append(Path(current.work_dir))
+            session.delete(current)
             session.flush()
             session.add(_run_row(existing, job))
         existing.spec_path, existing.spec_hash, existing.spec = spec.path, spec.spec_hash, spec.raw
         existing.matrix, existing.reference = spec.matrix, spec.reference
         existing.planned_at = db.utc_now()
-        return result
+    # after the commit: a failed commit must not leave recorded runs pointing at moved directories
+    for old in to_move:
+        aside = rundir.archive(old)
+        if aside is not None:
+            result.moved.append((str(old), str(aside)))
+    return result
 
 
 def _add_study(session: Any, spec: StudySpec, name: str, out_dir: str, jobs: list[JobSpec]) -> None:

@@ -1,5 +1,5 @@
 """Every Slurm call reatt makes: sbatch scripts rendered from ``slurm_templates/``, ``sbatch``,
-``squeue``/``sacct``/``scontrol`` (one call each for a whole study) and ``scancel``.
+``squeue``/``sacct`` (one call each for a whole study, never one per job) and ``scancel``.
 
 Rendering is pure (``render_job_script``, ``render_array_script``). Every command runs as an
 argv list without a shell (``_run``); a missing command or a non-zero exit becomes a
@@ -51,7 +51,9 @@ _SBATCH_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     ),
     "mem": (re.compile(r"^\d+[KMGT]?$", re.I), "a size like 8G, 16000M or 8000 (MB)"),
 }
-# options reatt sets itself: an extra_sbatch line may not change them (status and requeue rely on them)
+# options reatt sets itself: an extra_sbatch line may not change them (status and requeue rely on
+# them). sbatch (getopt_long) also takes any unambiguous prefix of a long option: "--job=x" sets
+# the job name, "--out", "--sig", "--arr", "--no-req" work too; such prefixes are refused as well.
 _RESERVED_OPTIONS = {
     "--job-name": "-J",
     "--output": "-o",
@@ -69,6 +71,14 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _has_control(text: str) -> bool:
     return bool(_CONTROL.search(text))
+
+
+def _reserved_by(option: str) -> list[str]:
+    """The options reatt sets that sbatch would take ``option`` (``--x`` or ``-x``) for: its short
+    form, or for a long option itself or any prefix of it (getopt_long's abbreviations)."""
+    if option.startswith("--"):
+        return [long for long in _RESERVED_OPTIONS if long.startswith(option)]
+    return [long for long, short in _RESERVED_OPTIONS.items() if short == option]
 
 
 def time_limit_seconds(text: str) -> int | None:
@@ -134,13 +144,15 @@ def check_settings(settings: SlurmSettings) -> None:
                 "'--constraint=a100', with no newline"
             )
             continue
-        option = m.group(1)
-        for long, short in _RESERVED_OPTIONS.items():
-            if option == long or (short is not None and option == short):
-                problems.append(
-                    f"slurm.extra_sbatch: {line!r}: {long} is set by reatt (logs, requeue and status "
-                    "depend on it); remove this line"
-                )
+        reserved = _reserved_by(m.group(1))
+        if reserved:
+            read_as = (
+                "" if m.group(1) in reserved else f" (sbatch reads {m.group(1)} as {' or '.join(reserved)})"
+            )
+            problems.append(
+                f"slurm.extra_sbatch: {line!r}: {' / '.join(reserved)} is set by reatt{read_as}; logs, "
+                "requeue and status depend on it: remove this line"
+            )
     if problems:
         raise SpecError("invalid Slurm settings:\n  " + "\n  ".join(problems))
 
@@ -404,11 +416,10 @@ class JobInfo:
 
     job_id: str
     state: str  # Slurm's state, first word: PENDING, RUNNING, COMPLETED, CANCELLED ...
-    source: str  # "squeue", "sacct" or "scontrol"
-    reason: str | None = None  # squeue/scontrol's reason (pending jobs); None for "None"
-    exit_code: str | None = None  # "1:0" (exit code:signal), from sacct/scontrol
+    source: str  # "squeue" (the controller: queued, or ended minutes ago) or "sacct"
+    reason: str | None = None  # squeue's reason ("Resources", "NonZeroExitCode"); None for "None"
+    exit_code: str | None = None  # "1:0" (exit code:signal), from sacct
     elapsed: str | None = None
-    restarts: int | None = None  # scontrol's Restarts
     detail: str | None = None  # sacct's state text when longer than the word ("CANCELLED by 0")
 
 
@@ -417,28 +428,11 @@ class JobQuery:
     """The answer of ``query_jobs``: each job Slurm knows, and how far Slurm could be asked."""
 
     jobs: dict[str, JobInfo] = field(default_factory=dict)
-    answered: bool = True  # squeue answered: a job missing from ``jobs`` has left the queue
+    answered: bool = True  # squeue answered: a job missing from ``jobs`` has left the controller
     commands_found: bool = True  # Slurm's client commands are on PATH
     accounting: bool | None = None  # sacct worked (None: not asked)
     problems: list[str] = field(default_factory=list)
     calls: list[list[str]] = field(default_factory=list)  # the commands run, in order
-
-
-# the states after which a job does not run again on its own
-TERMINAL_SLURM_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "PREEMPTED",
-        "NODE_FAIL",
-        "BOOT_FAIL",
-        "OUT_OF_MEMORY",
-        "DEADLINE",
-        "REVOKED",
-    }
-)
 
 
 def _reason(text: str | None) -> str | None:
@@ -459,7 +453,7 @@ def _parse_squeue(out: str, wanted: set[str]) -> dict[str, JobInfo]:
 
 
 def _task_ids(spec: str) -> list[str]:
-    """Task ids of an array range as sacct/scontrol print them: ``1-3%1``, ``2,5-6``, ``0-9:2``."""
+    """Task ids of an array range as sacct prints them: ``1-3%1``, ``2,5-6``, ``0-9:2``."""
     out: list[str] = []
     for part in spec.split("%", 1)[0].split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
@@ -493,45 +487,19 @@ def _parse_sacct(out: str, wanted: set[str]) -> dict[str, JobInfo]:
         for job_id in _job_ids(row_id):  # steps ("123.batch") match nothing wanted
             if job_id in wanted:
                 jobs[job_id] = JobInfo(
-                    job_id, state, "sacct", None, exit_code or None, elapsed or None, None, detail
-                )
-    return jobs
-
-
-_SCONTROL_FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z/:]*)=(\S*)")
-
-
-def _parse_scontrol(out: str, wanted: set[str]) -> dict[str, JobInfo]:
-    jobs = {}
-    for line in out.splitlines():
-        fields: dict[str, str] = {}
-        for key, value in _SCONTROL_FIELD.findall(line):
-            fields.setdefault(key, value)  # the first: later free-text fields cannot spoof it
-        if "JobId" not in fields:
-            continue
-        task = fields.get("ArrayTaskId", "")
-        if task and fields.get("ArrayJobId"):  # an array task, or a range of unstarted ones
-            ids = [f"{fields['ArrayJobId']}_{t}" for t in _task_ids(task)]
-        else:
-            ids = [fields["JobId"]]
-        restarts = fields.get("Restarts", "")
-        for job_id in ids:
-            if job_id in wanted:
-                jobs[job_id] = JobInfo(
-                    job_id,
-                    fields.get("JobState", "UNKNOWN"),
-                    "scontrol",
-                    _reason(fields.get("Reason")),
-                    fields.get("ExitCode") or None,
-                    fields.get("RunTime") or None,
-                    int(restarts) if restarts.isdigit() else None,
+                    job_id, state, "sacct", None, exit_code or None, elapsed or None, detail
                 )
     return jobs
 
 
 def query_jobs(job_ids: Iterable[str]) -> JobQuery:
-    """What Slurm knows about these jobs, asking at most once each: ``squeue`` (the queue),
-    ``sacct`` (jobs that left it) and ``scontrol show job`` (jobs sacct did not answer for).
+    """What Slurm knows about these jobs, in at most two calls whatever their number:
+    ``squeue -t all`` (the controller: queued and running jobs, and the ones that ended within
+    its MinJobAge, 300 s by default), then ``sacct`` for the jobs it no longer holds.
+
+    No ``scontrol show job``: without job ids it prints every job on the cluster, and with one
+    it answers for that job only (one call per job). ``squeue -t all`` gives what it gave here:
+    the final state of a job that ended minutes ago, before sacct has it or with accounting off.
 
     Never raises for an unreachable Slurm: ``answered``/``problems`` say what is missing.
     """
@@ -551,7 +519,7 @@ def query_jobs(job_ids: Iterable[str]) -> JobQuery:
             query.problems.append(str(e))
             return None
 
-    r = call(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r"])
+    r = call(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"])
     if r is None:
         query.answered = False
         return query
@@ -574,18 +542,6 @@ def query_jobs(job_ids: Iterable[str]) -> JobQuery:
             query.accounting = False
             if r is not None and "accounting storage is disabled" not in r.stderr.lower():
                 query.problems.append(f"sacct failed (exit {r.returncode}): {_output(r)}")
-    # sacct may not know a job yet (it lags squeue by up to ~2 s) or not at all (no accounting):
-    # the controller keeps finished jobs for MinJobAge (300 s by default)
-    unsure = [j for j in gone if j not in query.jobs or query.jobs[j].state not in TERMINAL_SLURM_STATES]
-    if unsure:
-        r = call(["scontrol", "-o", "show", "job"])
-        if r is not None and r.returncode == 0:
-            found = _parse_scontrol(r.stdout, set(unsure))
-            for job_id, info in found.items():
-                if info.state in TERMINAL_SLURM_STATES or job_id not in query.jobs:
-                    query.jobs[job_id] = info
-        elif r is not None and "Invalid job id" not in r.stderr and "No jobs" not in r.stdout:
-            query.problems.append(f"scontrol show job failed (exit {r.returncode}): {_output(r)}")
     return query
 
 
@@ -635,27 +591,36 @@ def _record_submitted(engine: Engine, run_ids: dict[int, str], script: Path) -> 
 
 
 def _record_archived(engine: Engine, run_id: int, moved: Path) -> None:
-    from reatt import db
+    """The run starts over in a new directory: planned again, and nothing collected from the
+    old one (results, metrics rows, files fingerprint) is kept on it."""
+    from reatt import collect, db
 
     with db.transaction(engine) as session:
         run = session.get(db.Run, run_id)
         if run is not None:
             run.state, run.state_reason = states.PLANNED, f"--force: old run directory moved to {moved}"
             run.job_id = None
+            collect.clear_results(run)
 
 
 def _submit_one(engine: Engine, script: Path, runs: list[tuple[int, JobSpec]], array: bool) -> list[str]:
     """sbatch one script and record its runs' job ids at once (an array task's id is
-    ``<arrayid>_<position>``); if recording fails, cancel the job again. Returns the ids."""
+    ``<arrayid>_<position>``); if recording fails (or is interrupted), cancel the job again, and
+    if that fails too, say which job now runs untracked. Returns the ids."""
     job_id = sbatch(script)
     ids = [f"{job_id}_{job.position}" if array else job_id for _, job in runs]
     try:
         _record_submitted(engine, {rid: i for (rid, _), i in zip(runs, ids, strict=True)}, script)
-    except Exception:
+    except BaseException as e:
         try:
             scancel([job_id])
-        except SlurmError:
-            pass
+        except SlurmError as cancel_error:
+            # not a SlurmError: submit_cluster would report the runs as "not submitted"
+            raise ReattError(
+                f"Slurm job {job_id} ({script}) was submitted, but recording it in the database failed "
+                f"({type(e).__name__}: {e}) and cancelling it failed too ({cancel_error}). The job may "
+                f"run without reatt knowing it: cancel it yourself with `scancel {job_id}`, then submit again"
+            ) from e
         raise
     return ids
 
@@ -742,8 +707,14 @@ def submit_cluster(
 
 
 def cancel(engine: Engine, study: str | None) -> list[str]:
-    """Cancel the study's pending and running Slurm jobs with one ``scancel``; returns their ids."""
-    from reatt import status
+    """Cancel the study's pending and running Slurm jobs with one ``scancel``; returns their ids.
+
+    One refresh (squeue, sacct only for jobs that left the controller) picks the jobs, one
+    scancel cancels them; Slurm is not asked again. A cancelled job ends only once its script
+    has checkpointed (TERM), so its run keeps its active state, noted as cancelled, until
+    `reatt status` sees the end: meanwhile no submit starts a second job on its work dir.
+    """
+    from reatt import db, status
 
     name, current = status.refresh(engine, study)
     ids = [
@@ -752,5 +723,8 @@ def cancel(engine: Engine, study: str | None) -> list[str]:
     if not ids:
         return []
     scancel(ids)
-    status.refresh(engine, name)
+    with db.transaction(engine) as session:
+        for run in db.get_study(session, name).runs:
+            if run.executor == "slurm" and run.job_id in ids and run.state in states.ACTIVE_STATES:
+                run.state_reason = "cancelled with `reatt cancel`; `reatt status` shows it once it has ended"
     return ids

@@ -1,18 +1,20 @@
 """A study's live run states, and which runs a submit (re)starts.
 
 ``refresh`` asks Slurm once per command for the whole study (``slurm.query_jobs``: one
-``squeue``, then one ``sacct`` and at most one ``scontrol show job`` for the jobs that left the
-queue), falls back to the run directory where Slurm cannot tell (``rundir.state_from_files``),
-and records each run's state in the database in one transaction.
+``squeue -t all``, which also shows jobs that ended in the last few minutes, then at most one
+``sacct`` for the jobs the controller has forgotten), falls back to the run directory where
+Slurm cannot tell (``rundir.state_from_files``), and records each run's state in the database
+in one transaction.
 
-Two rules hold throughout: a job is ``completed`` only when Slurm says COMPLETED *and* its
-``final.json`` says completed; a job that left the queue but is not yet in the accounting
-records (sacct lags squeue by up to ~2 s) keeps its last state, never ``completed``.
+Three rules hold throughout: a job is ``completed`` only when Slurm says COMPLETED *and* its
+``final.json`` says completed; a job that left the controller but is not yet in the accounting
+records (sacct lags by up to ~2 s) keeps its last state, never ``completed``; and where Slurm
+could not be asked, only the run's own final.json changes its recorded state (anything else in
+its files is a guess, given as the reason).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,31 +77,11 @@ SLURM_TERMINAL = {
     "DEADLINE": states.TIMEOUT,
     "PREEMPTED": states.PREEMPTED,
 }
-# a job unknown to squeue, sacct and scontrol although accounting works is taken as ended (and
-# its state read from its files) only once nothing of it changed for this long: sacct lags ~2 s
+# a job unknown to squeue and sacct although accounting works is taken as ended (and its state
+# read from its files) only once nothing of it changed for this long: sacct lags ~2 s
 ACCOUNTING_GRACE_S = 120.0
 # DB states whose Slurm job may still change: asked about at each refresh
 WATCHED_STATES = states.ACTIVE_STATES | {states.UNKNOWN, states.PREEMPTED}
-
-
-def _final(work_dir: Path) -> dict[str, Any] | None:
-    try:
-        return rundir.read_json(work_dir / "final.json")
-    except (OSError, ValueError):
-        return None
-
-
-def _last_line(path: Path, max_bytes: int = 8192) -> str | None:
-    """The last non-empty line of a (Slurm .err) file, for a reason; None if none."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else None
 
 
 def map_slurm_state(
@@ -109,9 +91,7 @@ def map_slurm_state(
     word = info.state
     if word in SLURM_ACTIVE:
         state = SLURM_ACTIVE[word]
-        if state == states.PENDING and (
-            (info.restarts or 0) > 0 or (out_file is not None and out_file.exists())
-        ):
+        if state == states.PENDING and out_file is not None and out_file.exists():
             # Slurm writes the .out file when a job starts: a pending job with one ran before
             state = states.REQUEUED
         reason = info.reason
@@ -120,19 +100,20 @@ def map_slurm_state(
         return state, reason
     if word not in SLURM_TERMINAL:
         return states.UNKNOWN, f"Slurm state {info.detail or word}"
-    final = _final(work_dir)
-    exit_text = f" (exit {info.exit_code})" if info.exit_code else ""
+    final = rundir.read_final(work_dir)
+    if info.exit_code:
+        exit_text = f" (exit {info.exit_code})"
+    else:  # squeue gives no exit code, but a reason ("NonZeroExitCode")
+        exit_text = f" ({info.reason})" if info.reason else ""
     if word == "COMPLETED":
-        if final is not None and final.get("status") == states.COMPLETED:
-            return states.COMPLETED, None
         if final is not None:
-            return states.FAILED, str(final.get("error") or f"final.json status {final.get('status')!r}")
+            return final.state, final.reason
         return states.FAILED, f"Slurm: COMPLETED{exit_text} but the run wrote no final.json"
     state = SLURM_TERMINAL[word]
     if state == states.FAILED:
-        if final is not None and final.get("status") == states.FAILED and final.get("error"):
-            return state, str(final["error"])
-        tail = _last_line(err_file) if err_file is not None else None
+        if final is not None and final.state == states.FAILED:
+            return state, final.reason
+        tail = rundir.last_err_line(err_file)
         return state, f"Slurm: {info.detail or word}{exit_text}" + (f": {tail}" if tail else "")
     what = {
         states.CANCELLED: "cancelled",
@@ -148,19 +129,31 @@ def _slurm_run_state(run: Any, query: slurm.JobQuery, log_dir: Path, study: str)
     info = query.jobs.get(run.job_id)
     if info is not None:
         if info.source == "sacct" and info.state not in SLURM_TERMINAL:
-            # left the queue, but its accounting record is not final yet (sacct lags squeue)
+            # left the controller, but its accounting record is not final yet (sacct lags)
             return run.state, "left the queue; waiting for Slurm's accounting record"
         return map_slurm_state(info, work_dir, out_file, err_file)
     if not query.answered:
-        if not query.commands_found:
-            state, reason = rundir.state_from_files(work_dir, err_file)
-            if state not in (states.UNKNOWN, states.INTERRUPTED):
-                return state, reason
         problem = query.problems[-1] if query.problems else "Slurm did not answer"
+        if not query.commands_found:
+            # No Slurm commands here (a machine that shares the file system, not a login node):
+            # a final.json written since the job was submitted is the run's own word on its end,
+            # and is recorded. Anything else in the files is only a guess, given as the reason:
+            # the .err file is appended by every attempt, and a job that was requeued (it
+            # requeues itself before its time limit; preemption and node failure requeue it too)
+            # is queued again although its file ends with Slurm's "CANCELLED"; a checkpoint says
+            # nothing of whether the job still runs. Recorded, such a guess would end the run
+            # for good: a cancelled or failed run is not watched any more, and
+            # `submit --resubmit-failed` would start a second job on the same work dir.
+            final = rundir.read_final(work_dir, since=run.submitted_at)
+            if final is not None:
+                return final.state, final.reason
+            guess, why = rundir.state_from_files(work_dir, err_file, since=run.submitted_at)
+            if guess != states.UNKNOWN:
+                return run.state, f"{problem}; its files suggest {guess} ({why}); state as last seen"
         return run.state, f"{problem}; state as last seen"
-    # Slurm knows nothing of the job: not queued, and neither sacct nor scontrol has it
+    # Slurm knows nothing of the job: not in the controller (ended more than MinJobAge ago), not in sacct
     if query.accounting is False or _quiet_for(run, work_dir, out_file, err_file) > ACCOUNTING_GRACE_S:
-        return rundir.state_from_files(work_dir, err_file)
+        return rundir.state_from_files(work_dir, err_file, since=run.submitted_at)
     # accounting is on but has no record yet (it lags): never guess "completed" from a vanished job
     return run.state, "left the queue; no Slurm accounting record yet"
 
@@ -182,48 +175,66 @@ def _quiet_for(run: Any, work_dir: Path, *logs: Path) -> float:
     return time.time() - latest
 
 
-def _pid_is_training(pid: int) -> bool:
-    """True if ``pid`` is a live (not zombie) `python -m reatt.train` process."""
+def _live_process(pid: int) -> list[str] | None:
+    """The arguments of the live (not zombie) process ``pid``; None if there is none."""
     proc = Path(f"/proc/{pid}")
     if proc.is_dir():
         try:
             stat = (proc / "stat").read_text()
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
-            return False
+            return None
         if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
-            return False
-        args = [a.decode(errors="replace") for a in cmdline]
-        return "reatt.train" in args or any(a.endswith("reatt/train.py") for a in args)
+            return None
+        return [a.decode(errors="replace") for a in cmdline]
     try:  # no /proc (macOS): ask ps
         r = subprocess.run(
             ["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return None
     line = r.stdout.strip()
-    return r.returncode == 0 and bool(line) and not line.startswith("Z") and "reatt.train" in line
+    if r.returncode != 0 or not line or line.startswith("Z"):
+        return None
+    return line.split()[1:]
+
+
+def _pid_is_training(pid: int) -> bool:
+    """True if ``pid`` is a live (not zombie) `python -m reatt.train` process."""
+    args = _live_process(pid)
+    return args is not None and ("reatt.train" in args or any(a.endswith("reatt/train.py") for a in args))
 
 
 def _local_run_state(run: Any) -> tuple[str, str | None]:
-    job_id = run.job_id or ""
-    pid_text = job_id.split(":", 1)[1] if job_id.startswith("local:") else ""
-    if pid_text.isdigit() and _pid_is_training(int(pid_text)):
-        return states.RUNNING, None
-    state, reason = rundir.state_from_files(Path(run.work_dir))
+    """A local run's state: its process's (``local:<host>:<pid>``, or the older ``local:<pid>``),
+    else its files'. A ``pending`` local run is claimed by a `reatt submit` (its pid) that is
+    about to start it: pending while that process lives."""
+    from reatt.local import parse_local_job_id, this_host  # sqlalchemy: only where there are local runs
+
+    host, pid = parse_local_job_id(run.job_id) or (None, None)
+    if host is not None and host != this_host():
+        # not a process of this machine: its final.json (shared filesystem) may say it ended;
+        # else only `reatt status` on that host can look at the process
+        state, reason = rundir.state_from_files(Path(run.work_dir), since=run.submitted_at)
+        if state in (states.COMPLETED, states.FAILED):
+            return state, reason
+        return run.state, f"runs on {host} (pid {pid}); `reatt status` there tells whether it still runs"
+    if pid is not None:
+        if run.state == states.PENDING and _live_process(pid) is not None:
+            return run.state, run.state_reason
+        if _pid_is_training(pid):
+            return states.RUNNING, None
+    state, reason = rundir.state_from_files(Path(run.work_dir), since=run.submitted_at)
     if state == states.UNKNOWN:
-        reason = f"the local process {pid_text or '?'} is gone; {reason}"
+        reason = f"the local process {pid or '?'} is gone; {reason}"
     return state, reason
 
 
 def _status(run: Any) -> RunStatus:
     work_dir = Path(run.work_dir)
     last = rundir.last_loss_row(work_dir / "loss.csv") or {}
-    final_nll = None
-    if run.state == states.COMPLETED:
-        final = _final(work_dir)
-        if final is not None and final.get("status") == states.COMPLETED:
-            final_nll = final.get("final_nll")
+    final = rundir.read_final(work_dir) if run.state == states.COMPLETED else None
+    final_nll = final.final_nll if final is not None else None
     return RunStatus(
         name=run.name,
         variant=run.variant,

@@ -4,7 +4,9 @@ Writes the run directory described in docs/run-directory.md: ``args.txt``, ``con
 ``loss.csv``, ``samples.txt``, ``ckpt.pt`` and, when the run ends, ``final.json``.
 Started again on the same work dir it resumes from ``ckpt.pt``. SIGTERM, SIGUSR1 (what Slurm
 sends before a time limit or a preemption) and SIGINT make it checkpoint and exit with
-``EXIT_INTERRUPTED``.
+``EXIT_INTERRUPTED``. One process at a time trains a work dir: it holds an exclusive ``flock``
+on ``<work_dir>/.lock`` (holding its pid) for the whole run; a second one exits with
+``EXIT_USAGE`` without writing anything.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as dt
+import errno
+import io
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +30,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from reatt import __version__
+from reatt.atomic import atomic_writer, write_atomic
 from reatt.config import (
     CfgNode,
     check_config,
@@ -31,7 +38,7 @@ from reatt.config import (
     help_rows,
 )
 from reatt.errors import ReattError, RunDirError
-from reatt.rundir import LOSS_COLUMNS
+from reatt.rundir import LOSS_COLUMNS, read_loss_csv
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -41,6 +48,7 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpoint saved, start again to resume
 # keys that change how a run executes, not what it computes: they may differ on resume
 EXECUTION_KEYS = {"system.work_dir", "system.num_threads", "trainer.num_workers"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+LOCK_NAME = ".lock"  # flock-ed by the process training the work dir; holds its "pid host"
 
 
 def utc_now() -> str:
@@ -48,14 +56,8 @@ def utc_now() -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file beside ``path``, fsync it, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data`` as JSON, durably and atomically (``reatt.atomic``)."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def git_commit() -> str | None:
@@ -90,56 +92,137 @@ def config_differences(old: dict[str, Any], new: CfgNode) -> list[str]:
     return diffs
 
 
+def format_loss_row(
+    step: int,
+    loss: float | None,
+    val_loss: float | None,
+    lr: float | None,
+    tokens: int | None,
+    elapsed: float | None,
+) -> list[str]:
+    """One loss.csv row as written (empty fields for None)."""
+
+    def fmt(value: float | int | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    return [
+        str(step),
+        fmt(loss, ".6f"),
+        fmt(val_loss, ".6f"),
+        fmt(lr, ".6e"),
+        fmt(tokens, "d"),
+        fmt(elapsed, ".3f"),
+    ]
+
+
 class LossLog:
-    """loss.csv: a header, then one row per log step, flushed as it goes."""
+    """loss.csv: a header, then one row per log step, flushed as it goes.
+
+    On resume the complete rows up to the checkpoint's step are kept (parsed by
+    ``rundir.read_loss_csv``, written back in the same format), the rest dropped: rows after the
+    checkpoint, a torn last line, and malformed lines (reported in ``problems``).
+    """
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
-        if resume_step is None:
-            self.file: TextIO = open(path, "w", newline="")
-            csv.writer(self.file).writerow(LOSS_COLUMNS)
-        else:
-            self._truncate_after(resume_step)
-            self.file = open(path, "a", newline="")
+        self.rows: list[tuple[Any, ...]] = []  # the rows kept on resume
+        self.problems: list[str] = []  # malformed lines dropped on resume
+        if resume_step is not None:
+            self._keep_rows_up_to(resume_step)
+        self._rewrite()
+        self.file: TextIO = open(path, "a", newline="")
         self.writer = csv.writer(self.file)
-        self.file.flush()
 
-    def _truncate_after(self, step: int) -> None:
-        """Keep the header and the complete rows up to ``step`` (atomically)."""
-        kept: list[list[str]] = []
-        if self.path.exists():
-            with open(self.path, newline="") as f:
-                text = f.read()
-            lines = text.split("\n")
-            if not text.endswith("\n"):
-                lines = lines[:-1]  # a truncated last line from a killed run
-            for row in csv.reader(line for line in lines[1:] if line):
-                if len(row) == len(LOSS_COLUMNS) and int(row[0]) <= step:
-                    kept.append(row)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(LOSS_COLUMNS)
-            w.writerows(kept)
-        os.replace(tmp, self.path)
+    def _keep_rows_up_to(self, step: int) -> None:
+        try:
+            if self.path.stat().st_size == 0:  # created, then killed before the header: no rows
+                return
+            parsed = read_loss_csv(self.path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            raise RunDirError(
+                f"cannot resume: {e}; move {self.path} aside to resume without its rows, "
+                f"or remove {self.path.parent} to start over"
+            ) from None
+        self.rows = [r for r in parsed.rows if r[0] <= step]
+        self.problems = parsed.problems
+
+    def _rewrite(self) -> None:
+        """The header and the kept rows, replacing the file atomically."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(LOSS_COLUMNS)
+        w.writerows(format_loss_row(*row) for row in self.rows)
+        write_atomic(self.path, buf.getvalue())
+
+    def loss_at(self, step: int) -> float | None:
+        """The ``loss`` of the kept row at ``step``, if any."""
+        return next((row[1] for row in reversed(self.rows) if row[0] == step), None)
 
     def write(
         self, step: int, loss: float | None, val_loss: float | None, lr: float, tokens: int, elapsed: float
     ) -> None:
-        self.writer.writerow(
-            [
-                step,
-                "" if loss is None else f"{loss:.6f}",
-                "" if val_loss is None else f"{val_loss:.6f}",
-                f"{lr:.6e}",
-                tokens,
-                f"{elapsed:.3f}",
-            ]
-        )
+        self.writer.writerow(format_loss_row(step, loss, val_loss, lr, tokens, elapsed))
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
+
+
+_SAMPLE_HEAD = re.compile(rb"^--- step (\d+) ---$", re.MULTILINE)
+
+
+def trim_samples(path: Path, step: int) -> None:
+    """Drop the blocks of samples.txt (each headed ``--- step N ---``) from steps after ``step``:
+    a resumed run writes them again."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return
+    cut = next((m.start() for m in _SAMPLE_HEAD.finditer(text) if int(m.group(1)) > step), None)
+    if cut is not None:
+        write_atomic(path, text[:cut])
+
+
+def this_host() -> str:
+    """The short host name (as in reatt.local's job ids), recorded in ``.lock`` with the pid."""
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def lock_work_dir(directory: Path) -> int:
+    """Take the exclusive, non-blocking ``flock`` on ``<directory>/.lock`` and write our pid and
+    host into it; returns its file descriptor (the lock lasts until it is closed).
+
+    Raises RunDirError, writing nothing, when another process holds it. Where the filesystem
+    has no locks (some NFS mounts: flock raises OSError), warns and goes on unlocked.
+    """
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            print(
+                f"warning: cannot lock {directory / LOCK_NAME} ({e.strerror or e}): nothing stops "
+                "another process from training this work dir at the same time",
+                file=sys.stderr,
+            )
+            return fd
+        holder = os.pread(fd, 256, 0).decode(errors="replace").split()
+        os.close(fd)
+        pid = holder[0] if holder else "unknown"
+        where = f" on {holder[1]}" if len(holder) > 1 and holder[1] != this_host() else ""
+        raise RunDirError(
+            f"{directory} is being trained by another process (pid {pid}{where}); "
+            "wait for it to end, or stop it first"
+        ) from None
+    except ImportError:  # pragma: no cover - not POSIX
+        return fd
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {this_host()}\n".encode(), 0)
+    return fd
 
 
 class Progress:
@@ -243,6 +326,13 @@ class Run:
         self.device_desc: str | None = None
         self.skipped_lines = 0
         self._check_work_dir()
+        self.device: Any = None
+        if not self.already_completed:
+            # the device is part of the config's check: a missing GPU is exit 2, nothing written
+            from reatt.trainer import device_name, resolve_device
+
+            self.device = resolve_device(cfg.trainer.device)
+            self.device_desc = device_name(self.device)
 
     def _check_work_dir(self) -> None:
         """Refuse a work dir holding a different run; nothing is written before this passes."""
@@ -284,14 +374,34 @@ class Run:
             print(f"{self.dir}: already completed (final.json); nothing to do")
             return EXIT_OK
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = lock_work_dir(self.dir)
+        except RunDirError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            return self._execute_locked()
+        finally:
+            os.close(lock)
+
+    def _execute_locked(self) -> int:
+        try:  # again: another process may have changed the work dir before we held the lock
+            self._check_work_dir()
+        except ReattError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if self.already_completed:
+            print(f"{self.dir}: already completed (final.json); nothing to do")
+            return EXIT_OK
         self.final_path.unlink(missing_ok=True)  # a failed attempt's record; this one replaces it
         self.t_start = time.time()
         self.elapsed_before = 0.0
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             return self._train()
-        except Exception as e:  # a real failure: record it, keep the traceback in the log
-            traceback.print_exc()
+        except Exception as e:  # a real failure: record it, keep the traceback of a bug in the log
+            if not isinstance(e, ReattError):
+                traceback.print_exc()
             message = str(e) if isinstance(e, ReattError) else f"{type(e).__name__}: {e}"
             self._write_final("failed", error=message)
             print(f"error: {message}", file=sys.stderr)
@@ -311,7 +421,7 @@ class Run:
 
         from reatt.data import JSONLDataset
         from reatt.model import GPT
-        from reatt.trainer import Trainer, device_name, resolve_device
+        from reatt.trainer import Trainer
 
         cfg = self.cfg
         if cfg.system.num_threads:
@@ -319,8 +429,7 @@ class Run:
         torch.manual_seed(cfg.system.seed)
         np.random.seed(cfg.system.seed % 2**32)
         random.seed(cfg.system.seed)
-        device = resolve_device(cfg.trainer.device)
-        self.device_desc = device_name(device)
+        device = self.device
 
         # data first: every data error is reported before any training starts
         train_ds = JSONLDataset(cfg.data, seed=cfg.system.seed)
@@ -338,13 +447,19 @@ class Run:
 
         resume = self.ckpt_path.exists()
         if resume:
-            state = torch.load(self.ckpt_path, map_location=device, weights_only=False)
-            trainer.load_state_dict(state["trainer"])
-            self.elapsed_before = state["elapsed_s"]
-        self._write_start_files(train_ds, eval_ds, resumed_from=trainer.iter_num if resume else None)
+            self._load_checkpoint(trainer, device)
+        # before anything else is written: a loss.csv that cannot be resumed stops here
         self.log = LossLog(self.dir / "loss.csv", trainer.iter_num if resume else None)
+        try:
+            trim_samples(self.dir / "samples.txt", trainer.iter_num)
+            self._write_start_files(train_ds, eval_ds, resumed_from=trainer.iter_num if resume else None)
+        except BaseException:
+            self.log.close()
+            raise
         self.progress = Progress(cfg.trainer.max_iters, trainer.iter_num)
         try:
+            for problem in self.log.problems:
+                self.progress.message(f"warning: dropped a malformed row on resume: {problem}")
             if resume:
                 self.progress.message(f"resuming {self.dir} from step {trainer.iter_num}")
             else:
@@ -362,7 +477,12 @@ class Run:
                 )
                 return EXIT_INTERRUPTED
             if self.final_val is None:  # resumed from a checkpoint taken at the last step
-                self.final_val, self.final_train = trainer.evaluate(), trainer.last_loss
+                self.final_val = trainer.evaluate()
+                # the last row's mean, as an uninterrupted run reports it (older checkpoints lack
+                # it: then loss.csv's row at that step, rounded as written)
+                self.final_train = trainer.last_mean_loss
+                if self.final_train is None:
+                    self.final_train = self.log.loss_at(trainer.iter_num)
             self._save_checkpoint()
             self._write_final("completed")
         finally:
@@ -406,7 +526,7 @@ class Run:
         text = tok.decode(out[0, len(ids) :].tolist())
         block = f"--- step {step} ---\n{prompt}{text}\n"
         self.progress.message(block.rstrip())
-        with open(self.dir / "samples.txt", "a") as f:
+        with open(self.dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(block)
 
     def _save_checkpoint(self) -> None:
@@ -417,14 +537,29 @@ class Run:
             "elapsed_s": self.elapsed(),
             "config": self.cfg.to_dict(),
         }
-        tmp = self.ckpt_path.with_name(f".ckpt.pt.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
+        with atomic_writer(self.ckpt_path, "wb") as f:  # fsynced: a node crash leaves the old or the new
+            torch.save(state, f)
+
+    def _load_checkpoint(self, trainer: Any, device: Any) -> None:
+        """Restore the trainer from ckpt.pt; an unusable file is a RunDirError saying what to do."""
+        import torch
+
+        try:
+            state = torch.load(self.ckpt_path, map_location=device, weights_only=False)
+            trainer.load_state_dict(state["trainer"])
+            self.elapsed_before = float(state["elapsed_s"])
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # empty or truncated file, not a checkpoint, missing keys...
+            raise RunDirError(
+                f"{self.ckpt_path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]}); move it "
+                f"aside (mv {self.ckpt_path} {self.ckpt_path}.bad) to restart this run from step 0"
+            ) from None
 
     def _write_start_files(self, train_ds: Any, eval_ds: Any, resumed_from: int | None) -> None:
         import torch
 
-        (self.dir / "args.txt").write_text("".join(a + "\n" for a in self.argv))
+        write_atomic(self.dir / "args.txt", "".join(a + "\n" for a in self.argv))
         meta = {
             "reatt_version": __version__,
             "git_commit": git_commit(),

@@ -15,13 +15,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reatt.config import CfgNode
+
+if TYPE_CHECKING:
+    from reatt.model import GPT
 
 # Dense bf16 peak FLOP/s by device-name substring, most specific first (vendor datasheets).
 # Devices not listed get mfu = null: never a guess.
@@ -86,13 +89,23 @@ def lr_at(it: int, tc: CfgNode) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``trainer.device`` names, checked against this machine (ConfigError if absent)."""
+    from reatt.errors import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from reatt.errors import ConfigError
-
-        raise ConfigError(f"trainer.device={name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={name!r} but CUDA is not available on this machine")
+        index = name.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"trainer.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"trainer.device={name!r}: {e}") from None
 
 
 def device_name(device: torch.device) -> str:
@@ -107,7 +120,7 @@ class Trainer:
     def __init__(
         self,
         config: CfgNode,
-        model: torch.nn.Module,
+        model: GPT,
         train_dataset: Dataset,
         eval_x: torch.Tensor,
         eval_y: torch.Tensor,
@@ -129,6 +142,7 @@ class Trainer:
         self.loss_sum = 0.0  # train loss summed since the last logged row
         self.loss_count = 0
         self.last_loss = float("nan")  # loss of the latest step
+        self.last_mean_loss: float | None = None  # what take_mean_loss last returned (the last row's)
         self.lr = lr_at(0, config)
         self.stop = False  # a callback may set this to end run() after the current step
 
@@ -152,6 +166,7 @@ class Trainer:
             return None
         mean = self.loss_sum / self.loss_count
         self.loss_sum, self.loss_count = 0.0, 0
+        self.last_mean_loss = mean
         return mean
 
     @torch.no_grad()
@@ -177,7 +192,7 @@ class Trainer:
         return DataLoader(
             self.train_dataset,
             batch_size=bs,
-            sampler=itertools.count(self.iter_num * bs),  # type: ignore[arg-type]
+            sampler=itertools.count(self.iter_num * bs),
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             # its own generator: creating the iterator draws a base seed, which must not come
@@ -232,6 +247,7 @@ class Trainer:
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "last_loss": self.last_loss,
+            "last_mean_loss": self.last_mean_loss,
             "rng": rng,
         }
 
@@ -240,6 +256,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for k in ("iter_num", "tokens", "train_time", "loss_sum", "loss_count", "last_loss"):
             setattr(self, k, state[k])
+        self.last_mean_loss = state.get("last_mean_loss")  # absent from older checkpoints
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])

@@ -101,7 +101,7 @@ def test_plan_prints_the_table_and_json(tmp_path):
     r = invoke("plan", str(spec), "--json", db=db)
     jobs = json.loads(r.output)
     assert [j["name"] for j in jobs] == ["baseline", "rope"]
-    assert jobs[1]["argv"][-1] == f"--system.work_dir={str(tmp_path / 'out' / 'tiny' / 'rope')!r}"
+    assert jobs[1]["argv"][-1] == f"--system.work_dir={tmp_path / 'out' / 'tiny' / 'rope'}"
 
 
 def test_errors_are_one_line_exit_1_and_keep_brackets(tmp_path):

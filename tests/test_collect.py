@@ -6,6 +6,7 @@ one test collects a real `python -m reatt.train` run.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from reatt import collect as collect_mod
-from reatt import db, plan, rundir, states
+from reatt import db, plan, rundir, slurm, states
 from reatt.collect import collect
 from reatt.config import get_default_config
 from reatt.errors import DatabaseError, StudyError
@@ -57,6 +58,7 @@ def write_run(
     final_nll: float = 5.5,
     overrides: dict | None = None,
     csv_tail: str = "",
+    finished_at: str = "2026-11-30T13:00:00+00:00",
 ) -> None:
     """The files `python -m reatt.train` leaves in a run directory (docs/run-directory.md)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def write_run(
             "n_params": 4000,
             "n_params_non_embedding": 1000,
             "error": None if status == "completed" else "DataError: data.jsonl:3: not JSON",
-            "finished_at": "2026-11-30T13:00:00+00:00",
+            "finished_at": finished_at,
         }
         (work / "final.json").write_text(json.dumps(final, indent=2))
 
@@ -452,3 +454,107 @@ def test_collect_a_real_training_run(tmp_path, engine):
         q = select(db.Metric.val_loss).where(db.Metric.run_id == r.id).order_by(db.Metric.step)
         vals = s.scalars(q).all()
     assert vals[0] > 10 and vals[-1] == pytest.approx(final["final_nll"], abs=1e-5)
+
+
+# ------------------------------------------------- live states: a resubmitted run's old final.json
+
+
+def utc_iso_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def test_resubmitted_run_stays_pending_despite_the_old_final_json(tmp_path, engine, demo, monkeypatch):
+    """Regression: collect read the failed attempt's final.json while the new job was queued,
+    recorded `failed`, and a later --resubmit-failed submitted a second job on the same work dir."""
+    from test_slurm_errors import FakeSlurm
+
+    wd = demo["baseline-s1"]
+    write_run(wd, seed=1, status="failed")  # attempt 1 failed (finished_at: an hour before "now")
+    collect(engine)
+    assert runs_by_name(engine)["baseline-s1"].state == states.FAILED
+    fake = FakeSlurm(tmp_path / "fake", monkeypatch)
+    fake.respond("sbatch", (0, "999\n", ""))
+    sent = slurm.submit_cluster(engine, "demo", resubmit_failed=True, project_dir=str(tmp_path))
+    assert sent.submitted == [("baseline-s1", "999")]
+    os.utime(wd / "loss.csv")  # collect sees changed files; final.json is still attempt 1's
+    res = collect(engine)
+    assert res.runs_read == 1 and res.broken == []
+    r = runs_by_name(engine)["baseline-s1"]
+    assert (r.state, r.job_id) == (states.PENDING, "999")  # status.py's, not final.json's
+    assert r.steps == 10 and r.final_nll is None  # progress from loss.csv, nothing from the old record
+    # status keeps watching it, and a second --resubmit-failed sends nothing
+    fake.respond("squeue", (0, "999|PENDING|Priority\n", ""))
+    again = slurm.submit_cluster(engine, "demo", resubmit_failed=True, project_dir=str(tmp_path))
+    assert again.submitted == [] and ("baseline-s1", "pending") in again.skipped
+    assert len(fake.calls("sbatch")) == 1
+    # the new attempt ends: its own final.json decides
+    write_run(wd, seed=1, steps=12, final_nll=4.75, finished_at=utc_iso_now())
+    collect(engine)
+    r = runs_by_name(engine)["baseline-s1"]
+    assert r.state == states.COMPLETED and r.final_nll == pytest.approx(4.75)
+
+
+def test_running_local_run_keeps_its_state_over_an_old_final_json(engine, demo):
+    wd = demo["rope-s1"]
+    write_run(wd, seed=1, status="failed", overrides={"model.rope": True})
+    with db.transaction(engine) as s:  # what `reatt submit --resubmit-failed` (local) records
+        run = next(r for r in db.get_study(s, "demo").runs if r.name == "rope-s1")
+        run.state, run.executor, run.job_id = states.RUNNING, "local", f"local:{os.getpid()}"
+        run.submitted_at = db.utc_now()
+    collect(engine)
+    r = runs_by_name(engine)["rope-s1"]
+    assert (r.state, r.job_id) == (states.RUNNING, f"local:{os.getpid()}") and r.state_reason is None
+
+
+def test_active_run_with_unreadable_files_keeps_its_state(engine, demo):
+    wd = demo["rope-s2"]
+    (wd / "final.json").unlink()
+    (wd / "loss.csv").write_text("iter,loss\n1,2.0\n")
+    with db.transaction(engine) as s:
+        run = next(r for r in db.get_study(s, "demo").runs if r.name == "rope-s2")
+        run.state, run.executor, run.job_id = states.RUNNING, "slurm", "77"
+        run.submitted_at = db.utc_now()
+    res = collect(engine)
+    r = runs_by_name(engine)["rope-s2"]
+    assert r.state == states.RUNNING and "header" in r.collect_error  # not broken: status.py watches it
+    assert res.broken == [] and any("demo/rope-s2: loss.csv unreadable" in w for w in res.warnings)
+
+
+# ------------------------------------------------------------ collected studies and names
+
+
+def test_collected_study_does_not_become_the_default(tmp_path, engine, demo):
+    """Regression: `collect PATH --as NAME` made NAME the study of every later command without
+    --study (db.get_study(None) took the latest planned_at, which defaults to now).
+
+    NOTE: the fix is in db.py (not collect.py): db.get_study(None) only considers studies with a
+    spec (``Study.spec_hash IS NOT NULL``), i.e. planned ones; collected studies have none."""
+    root = tmp_path / "manual"
+    write_run(root / "a", seed=2)
+    collect(engine, paths=[root], as_study="mine")
+    with db.transaction(engine) as s:
+        assert db.get_study(s, None).name == "demo"
+    assert collect(engine).studies == ["demo"]
+
+
+@pytest.mark.parametrize("name", ["mine\n", "mine\nother", " mine", "-mine"])
+def test_collect_refuses_bad_study_names(tmp_path, engine, name):
+    root = tmp_path / "manual"
+    write_run(root / "a")
+    with pytest.raises(StudyError, match="study name"):
+        collect(engine, paths=[root], as_study=name)
+    with db.transaction(engine) as s:
+        assert s.scalar(select(func.count()).select_from(db.Study)) == 0
+
+
+def test_clear_results_forgets_columns_and_metrics(engine, demo):
+    collect(engine)
+    with db.transaction(engine) as s:
+        run = next(r for r in db.get_study(s, "demo").runs if r.name == "rope-s1")
+        collect_mod.clear_results(run)
+    r = runs_by_name(engine)["rope-s1"]
+    assert all(getattr(r, c) is None for c in collect_mod.RESULT_COLUMNS)
+    assert metric_count(engine, "rope-s1") == 0 and metric_count(engine, "rope-s2") == 11
+    assert (r.state, r.seed, r.work_dir) == (states.COMPLETED, 1, str(demo["rope-s1"]))
+    res = collect(engine)  # read again whole
+    assert res.runs_read == 1 and metric_count(engine, "rope-s1") == 11

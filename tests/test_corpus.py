@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,28 @@ def test_building_imports_no_stdlib_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert out.stderr == ""
+
+
+def test_the_corpus_file_is_written_atomically_and_fsynced(tmp_path, monkeypatch):
+    def two_documents_then_a_failure():
+        yield {"id": "topic:a", "text": "first"}
+        yield {"id": "topic:b", "text": "second"}
+        raise KeyboardInterrupt  # e.g. Ctrl-C half-way through a first build
+
+    monkeypatch.setattr(corpus, "iter_documents", two_documents_then_a_failure)
+    with pytest.raises(KeyboardInterrupt):
+        corpus.embedded_corpus_path(tmp_path)
+    assert list((tmp_path / "corpus").iterdir()) == []  # nothing half-written, no temp left
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(corpus, "iter_documents", lambda: iter([{"id": "topic:a", "text": "first"}]))
+    path = corpus.embedded_corpus_path(tmp_path)
+    assert path.read_text() == '{"id": "topic:a", "text": "first"}\n'
+    assert any(os.path.basename(n).startswith(f".{path.name}.tmp-") for n in synced), synced

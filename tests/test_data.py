@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import pickle
 import random
 import time
@@ -366,6 +367,75 @@ def test_concurrent_builders_without_flock_still_end_with_one_valid_cache(tmp_pa
     results, builds = build_concurrently(tmp_path, monkeypatch, prose_file, 4, all_inside_build=True)
     assert builds == 4  # each built its own copy; the first rename won, the others were discarded
     assert_one_valid_cache(tmp_path, results)
+
+
+def no_locks(*args):
+    raise OSError(37, "No locks available")  # as on some network filesystems
+
+
+def looks_missing_first(monkeypatch, n):
+    """TokenCache.try_open finds nothing the first ``n`` times, as if another process renamed its
+    finished cache into place just after this one looked."""
+    real = D.TokenCache.try_open
+    calls = []
+
+    def try_open(cls, directory):
+        calls.append(directory)
+        return None if len(calls) <= n else real(directory)
+
+    monkeypatch.setattr(D.TokenCache, "try_open", classmethod(try_open))
+    return calls
+
+
+def test_without_locks_a_cache_renamed_into_place_meanwhile_is_kept(tmp_path, prose_file, tok, monkeypatch):
+    import fcntl
+
+    final = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok).cache.directory
+    inode = final.stat().st_ino
+    D._OPEN_CACHES.clear()
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    looks_missing_first(monkeypatch, 2)  # the look before the lock, and the one after it
+    cache = D.open_token_cache(prose_file, tok, tmp_path / "cache")
+    assert cache.directory == final and final.stat().st_ino == inode  # never moved aside
+    assert D.TokenCache.try_open(final) is not None
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name, f"{final.name}.lock"]
+
+
+def test_clearing_never_moves_a_finished_cache_aside(tmp_path, prose_file, tok, monkeypatch):
+    final = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok).cache.directory
+    inode = final.stat().st_ino
+    D._clear_unfinished(final)  # the re-check right before the move finds it finished
+    assert final.stat().st_ino == inode
+    looks_missing_first(monkeypatch, 1)  # finished just after the re-check: the move is undone
+    D._clear_unfinished(final)
+    assert final.stat().st_ino == inode and D.TokenCache.try_open(final) is not None
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name, f"{final.name}.lock"]
+
+
+def test_without_locks_a_broken_cache_in_the_way_is_still_replaced(tmp_path, prose_file, tok, monkeypatch):
+    import fcntl
+
+    final = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok).cache.directory
+    (final / "meta.json").unlink()
+    D._OPEN_CACHES.clear()
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok).cache.n_docs == 40
+    assert D.TokenCache.try_open(final) is not None
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name, f"{final.name}.lock"]
+
+
+def test_the_cache_files_are_fsynced(tmp_path, prose_file, tok, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    for name in ("tokens.bin", ".offsets.npy.tmp-", ".meta.json.tmp-"):
+        assert any(s.startswith(name) for s in synced), (name, synced)
 
 
 def test_resolve_cache_dir(monkeypatch, tmp_path):

@@ -59,16 +59,23 @@ def test_get_study_by_name_and_latest(tmp_path):
     ):
         db.get_study(s, None)
     with db.transaction(engine) as s:
-        s.add(
-            db.Study(name="old", matrix="standard", out_dir="/o", planned_at=db.utc_now().replace(year=2020))
-        )
-        s.add(db.Study(name="new", matrix="standard", out_dir="/o"))
+        s.add(db.Study(name="hand", matrix="collected", out_dir="/o"))  # from `reatt collect PATH`
+    with (
+        db.transaction(engine) as s,
+        pytest.raises(StudyError, match=r"no planned study.*\(collected: hand\)"),
+    ):
+        db.get_study(s, None)
+    with db.transaction(engine) as s:
+        old = db.utc_now().replace(year=2020)
+        s.add(db.Study(name="old", matrix="standard", out_dir="/o", spec_hash="1", planned_at=old))
+        s.add(db.Study(name="new", matrix="standard", out_dir="/o", spec_hash="2"))
+        s.add(db.Study(name="later-hand", matrix="collected", out_dir="/o"))  # newer, but not planned
     with db.transaction(engine) as s:
         assert db.get_study(s, None).name == "new"
         assert db.get_study(s, "old").name == "old"
-        with pytest.raises(
-            StudyError, match="no study named 'nope' in the database; known studies: new, old"
-        ):
+        assert db.get_study(s, "later-hand").name == "later-hand"
+        known = "known studies: hand, later-hand, new, old"
+        with pytest.raises(StudyError, match=f"no study named 'nope' in the database; {known}"):
             db.get_study(s, "nope")
 
 
@@ -80,3 +87,23 @@ def test_transaction_rolls_back_on_error(tmp_path):
         raise RuntimeError("interrupted")
     with db.transaction(engine) as s, pytest.raises(StudyError):
         db.get_study(s, "half")
+
+
+def test_a_locked_database_is_a_clear_error(tmp_path):
+    from sqlalchemy import event
+
+    path = tmp_path / "r.db"
+    engine = db.open_db(path)
+    event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout=100"))  # test speed
+    engine.dispose()  # new connections from here on
+    holder = sqlite3.connect(path)
+    holder.execute("begin exclusive")  # another command (a long collect) holds the write lock
+    try:
+        with pytest.raises(DatabaseError, match=r"r\.db: database is locked; another reatt command"):
+            with db.transaction(engine) as s:
+                s.add(db.Study(name="x", matrix="standard", out_dir="/o"))
+    finally:
+        holder.rollback()
+        holder.close()
+    with db.transaction(engine) as s, pytest.raises(StudyError):  # nothing was half-written
+        db.get_study(s, "x")

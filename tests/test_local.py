@@ -102,7 +102,9 @@ def test_real_study_in_parallel_with_a_failed_run_then_all_skipped(tmp_path, eng
     for name in ("base", "rope"):
         r = runs[name]
         assert r.state == states.COMPLETED and r.executor == "local" and r.state_reason is None
-        assert r.job_id.startswith("local:") and r.job_id[6:].isdigit() and r.submitted_at is not None
+        host, pid = local.parse_local_job_id(r.job_id)
+        assert r.job_id == f"local:{local.this_host()}:{pid}" and host == local.this_host()
+        assert r.submitted_at is not None
         assert json.loads((wd[name] / "final.json").read_text())["status"] == "completed"
         assert (wd[name] / "ckpt.pt").exists() and (wd[name] / "loss.csv").exists()
         assert "step 4/4" in (wd[name] / "train.log").read_text()
@@ -127,10 +129,12 @@ def test_real_study_in_parallel_with_a_failed_run_then_all_skipped(tmp_path, eng
 
 FAKE_TRAIN = r'''
 """Stands in for reatt.train: writes a run directory; data.file_path picks the behaviour."""
-import ast, json, os, signal, sys, time
+import json, os, signal, sys, time
 from pathlib import Path
 
-over = {k: ast.literal_eval(v) for k, v in (a[2:].split("=", 1) for a in sys.argv[1:])}
+from reatt.config import parse_value
+
+over = {k: parse_value(k, v) for k, v in (a[2:].split("=", 1) for a in sys.argv[1:])}
 wd = Path(over["system.work_dir"])
 mode = over.get("data.file_path", "")
 wd.mkdir(parents=True, exist_ok=True)
@@ -155,6 +159,10 @@ if mode == "wait" and not (wd / "ckpt.pt").exists():
     (wd / "ckpt.pt").write_text("checkpoint")
     print("SIGINT: checkpoint saved; exiting 75")
     sys.exit(75)
+if mode == "gate":  # runs until the test creates <work_dir>/go
+    (wd / "ready").write_text("")
+    while not (wd / "go").exists():
+        time.sleep(0.02)
 if mode == "fail-then-usage" and (wd / "final.json").exists():
     print("error: system.work_dir holds a run with a different config", file=sys.stderr)
     sys.exit(2)  # like reatt.train on a bad command line: nothing written, final.json untouched
@@ -215,7 +223,7 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path, engine, fake_train):
     words = shlex.split(cmd)
     at = words.index(sys.executable)
     assert words[at : at + 4] == [sys.executable, "-m", "reatt_fake_train", "--trainer.max_iters=5"]
-    assert f"--system.work_dir={str(wd['a'])!r}" in words
+    assert f"--system.work_dir={wd['a']}" in words
     assert words[-3:] == [">>", str(wd["a"] / "train.log"), "2>&1"]
     assert not (tmp_path / "out").exists()
     assert dump(engine) == before
@@ -234,7 +242,8 @@ def test_failures_are_recorded_with_reasons_and_the_others_go_on(tmp_path, engin
     assert runs["fail"].state_reason == "DataError: fake.jsonl:7: not JSON"
     assert all(r.executor == "local" and r.job_id.startswith("local:") for r in runs.values())
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"started crash (pid {runs['crash'].job_id[6:]}, log {wd['crash'] / 'train.log'})"
+    pid = local.parse_local_job_id(runs["crash"].job_id)[1]
+    assert out[0] == f"started crash (pid {pid}, log {wd['crash'] / 'train.log'})"
     assert out[1].startswith("[1/3] failed crash in ") and out[1].endswith("RuntimeError: boom")
     assert out[3].startswith("[2/3] completed ok in ") and out[3].endswith(": final NLL 5.0000")
     env = json.loads((wd["ok"] / "env.json").read_text())
@@ -268,6 +277,8 @@ def test_failures_are_recorded_with_reasons_and_the_others_go_on(tmp_path, engin
         assert log_attempts(old) == 1
     ok = runs_of(engine, "fake")["ok"]
     assert ok.state == "completed" and ok.final_nll is None and ok.files is None  # results were the old dir's
+    with db.transaction(engine) as s:  # and so were the metrics rows
+        assert s.scalars(select(db.Metric).where(db.Metric.run_id == ok.id)).all() == []
 
 
 def test_parallel_jobs_share_the_cpus(tmp_path, engine, fake_train):
@@ -353,3 +364,66 @@ def test_state_changes_wait_while_another_command_holds_the_database(tmp_path, e
         holder.close()
     assert res.completed == ["a"] and time.monotonic() - t0 > 2
     assert runs_of(engine, "fake")["a"].state == states.COMPLETED
+
+
+def test_local_job_ids_name_the_host_and_old_ids_still_parse():
+    assert local.local_job_id(123) == f"local:{local.this_host()}:123"
+    assert local.parse_local_job_id(local.local_job_id(123)) == (local.this_host(), 123)
+    assert local.parse_local_job_id("local:node-7:42") == ("node-7", 42)
+    assert local.parse_local_job_id("local:42") == (None, 42)  # before hosts were recorded
+    for other in (None, "", "123", "123_4", "local:", "local:node-7:", "local:node-7:x"):
+        assert local.parse_local_job_id(other) is None
+
+
+def test_a_run_another_command_took_meanwhile_is_skipped_not_started(tmp_path, engine, fake_train):
+    wd = fake_study(tmp_path, engine, first="gate", second="", third="")
+
+    def other_command_takes_second() -> None:
+        deadline = time.monotonic() + 60
+        while not (wd["first"] / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # e.g. a `reatt submit --cluster` in another terminal, while `second` waits in our queue
+        with db.transaction(db.open_db(tmp_path / "results.db")) as s:
+            run = next(r for r in db.get_study(s, "fake").runs if r.name == "second")
+            run.state, run.executor, run.job_id = states.PENDING, "slurm", "4242"
+        (wd["first"] / "go").touch()
+
+    other = threading.Thread(target=other_command_takes_second)
+    other.start()
+    res = submit_local(engine, "fake", show_progress=False)  # one at a time: second waits for first
+    other.join()
+    assert res.completed == ["first", "third"] and res.failed == []
+    assert res.skipped == [("second", "taken by another command (pending, job 4242)")]
+    assert not wd["second"].exists()  # never started here
+    second = runs_of(engine, "fake")["second"]
+    assert (second.state, second.executor, second.job_id) == ("pending", "slurm", "4242")
+
+
+def test_the_claim_is_atomic_and_undone_when_ctrl_c_comes_before_the_start(tmp_path, engine, fake_train):
+    wd = fake_study(tmp_path, engine, a="")
+    with db.transaction(engine) as s:
+        run = db.get_study(s, "fake").runs[0]
+        run_id, seen = run.id, local._Seen.of(run)
+    before = dump(engine)
+    mine, theirs = local._Runner(engine, 1, False), local._Runner(engine, 1, False)
+    theirs.claim_id = "local:elsewhere:7"
+    assert mine._claim(run_id, seen) is None  # taken: pending, with this submit's pid
+    assert theirs._claim(run_id, seen) == f"pending, job {mine.claim_id}"  # the same selection: refused
+    r = runs_of(engine, "fake")["a"]
+    assert (r.state, r.executor, r.job_id) == (states.PENDING, "local", mine.claim_id)
+    mine._release(run_id, seen)
+    assert dump(engine) == before
+
+    # Ctrl-C between the claim and the start: nothing started, the run is as it was
+    real_claim = mine._claim
+
+    def claim_then_ctrl_c(*a):
+        got = real_claim(*a)
+        mine.interrupt()
+        return got
+
+    mine._claim = claim_then_ctrl_c
+    with db.transaction(engine) as s:
+        job = next(j for j in plan.jobs_of(db.get_study(s, "fake")) if j.name == "a")
+    assert mine.run(run_id, job, seen).state == ""
+    assert dump(engine) == before and not wd["a"].exists()

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from reatt import db
-from reatt.config import get_default_config, parse_value
+from reatt.config import format_value, get_default_config, parse_value
 from reatt.errors import SpecError
 from reatt.plan import expand_matrix, load_spec, plan_study
 
@@ -88,8 +88,11 @@ def test_argv_round_trips_through_the_training_config(tmp_path):
         assert cfg.system.work_dir == job.work_dir
         for key, value in job.overrides.items():
             assert cfg.get(key) == value
-    tricky = "a 'quoted' $(touch /tmp/x) \"path\""
-    assert parse_value("system.work_dir", repr(tricky)) == tricky
+    for tricky in ("a 'quoted' $(touch /tmp/x) \"path\"", "'looks quoted'", "True", "", "3"):
+        assert parse_value("system.work_dir", format_value("system.work_dir", tricky)) == tricky
+    assert format_value("model.model_type", "gpt-nano") == "gpt-nano"
+    assert format_value("trainer.learning_rate", 1e-3) == "0.001"
+    assert format_value("system.work_dir", "'x'") == "\"'x'\""
 
 
 def test_shipped_specs_are_valid():
@@ -166,7 +169,19 @@ def test_list_matrix_and_its_errors(tmp_path):
         load_spec(write_spec(tmp_path, text=text + '[runs."bad name;rm"]\nfeatures = []\n'))
 
 
-@pytest.mark.parametrize("name", ["has space", "$(x)", "-dash", "a/b", ""])
+def test_colliding_run_names_are_refused(tmp_path):
+    text = '[study]\nname = "x"\n[features]\nall = { "model.rope" = true }\nb = { "model.swiglu" = true }\n'
+    with pytest.raises(SpecError, match="gives several runs named 'all'; rename the feature"):
+        load_spec(write_spec(tmp_path, text=text))
+    text = (
+        '[study]\nname = "x"\nmatrix = "factorial"\n[features]\na = { "model.rope" = true }\n'
+        'b = { "model.swiglu" = true }\n"a+b" = { "model.rmsnorm" = true }\n'
+    )
+    with pytest.raises(SpecError, match="several runs named 'a\\+b'"):
+        load_spec(write_spec(tmp_path, text=text))
+
+
+@pytest.mark.parametrize("name", ["has space", "$(x)", "-dash", "a/b", "", "demo\\n"])
 def test_study_names_are_validated(tmp_path, name):
     with pytest.raises(SpecError, match="name"):
         load_spec(write_spec(tmp_path, text=f'[study]\nname = "{name}"\n'))

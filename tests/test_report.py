@@ -30,10 +30,10 @@ from reatt.report import (
     COLUMNS,
     build_report,
     render_table,
-    t_quantile,
     to_text,
     write_report,
 )
+from reatt.stats import t_quantile
 
 # ------------------------------------------------------------------------------ fabrication
 
@@ -51,7 +51,10 @@ def add_study(
     """A study with the given runs. Each run: variant, seed, and optionally state (default
     completed), final_nll, features, metrics (list of Metric kwargs), n_params, tokens_per_s."""
     with db.transaction(engine) as session:
-        study = db.Study(name=name, matrix=matrix, reference=reference, out_dir="/tmp/out")
+        spec_hash = None if matrix == "collected" else f"hash-of-{name}"  # planned studies have a spec
+        study = db.Study(
+            name=name, matrix=matrix, reference=reference, out_dir="/tmp/out", spec_hash=spec_hash
+        )
         session.add(study)
         seeds_of: dict[str, int] = {}
         for r in runs:

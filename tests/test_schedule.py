@@ -24,7 +24,7 @@ def test_warmup_linear_from_zero_to_base():
     assert lr(0, warmup=W) == pytest.approx(LR / (W + 1))
     assert lr(0, warmup=W) > 0  # the first step still learns
     steps = [lr(i, warmup=W) for i in range(W + 1)]
-    diffs = [b - a for a, b in zip(steps, steps[1:])]
+    diffs = [b - a for a, b in zip(steps, steps[1:], strict=False)]
     assert all(d == pytest.approx(LR / (W + 1)) for d in diffs)  # linear
     assert lr(W - 1, warmup=W) < LR
     assert lr(W, warmup=W) == LR  # reaches the base LR exactly at warmup_steps
@@ -37,7 +37,7 @@ def test_cosine_without_warmup():
     assert lr(100, cosine=True) == pytest.approx(MIN)
     assert lr(150, cosine=True) == pytest.approx(MIN)  # never below min_lr past the end
     vals = [lr(i, cosine=True) for i in range(101)]
-    assert all(a >= b for a, b in zip(vals, vals[1:]))  # monotone decay
+    assert all(a >= b for a, b in zip(vals, vals[1:], strict=False))  # monotone decay
 
 
 def test_warmup_then_cosine_is_continuous():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reatt import db, plan, slurm, states
-from reatt.errors import SlurmError, SpecError, StudyError
+from reatt import db, plan, slurm, states, status
+from reatt.errors import ReattError, SlurmError, SpecError, StudyError
 
 
 class FakeSlurm:
@@ -141,7 +141,7 @@ def test_sbatch_fails_on_the_third_of_five(tmp_path, fake):
     assert result.submitted == [("f1", "13"), ("f2", "14"), ("all", "15")]
     assert result.skipped == [("baseline", "running"), ("f0", "pending")]
     squeue = fake.calls("squeue")
-    assert squeue == [["squeue", "-h", "-r", "-j", "11,12", "-o", "%i|%T|%r"]]
+    assert squeue == [["squeue", "-h", "-r", "-t", "all", "-j", "11,12", "-o", "%i|%T|%r"]]
 
 
 def test_sbatch_missing(tmp_path, monkeypatch):
@@ -283,6 +283,14 @@ def test_cancel_is_one_scancel_for_all_active_jobs(tmp_path, fake):
     )
     assert slurm.cancel(engine, None) == ["21", "22", "23"]
     assert fake.calls("scancel") == [["scancel", "21", "22", "23"]]
+    # one refresh picks the jobs, one scancel cancels them; Slurm is not asked again
+    assert [c[0] for c in fake.calls() if c[0] != "sbatch"] == ["squeue", "sacct", "scancel"]
+    names = ("baseline", "f0", "f1", "all")
+    got = runs(engine)
+    # active until Slurm says they ended (a running job checkpoints first): no resubmit meanwhile
+    assert [got[n].state for n in names] == ["running", "pending", "pending", "completed"]
+    assert all("reatt cancel" in got[n].state_reason for n in names[:3])
+    status.refresh(engine, None)  # the next `reatt status`
     got = runs(engine)
     assert [got[n].state for n in ("baseline", "f0", "f1", "all")] == ["cancelled"] * 3 + ["completed"]
     assert slurm.cancel(engine, None) == []  # nothing active: no scancel
@@ -312,6 +320,47 @@ def test_database_failure_after_sbatch_cancels_the_job(tmp_path, fake, monkeypat
         slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
     assert fake.calls("scancel") == [["scancel", "31"]]  # no job runs unrecorded
     assert {r.state for r in runs(engine).values()} == {states.PLANNED}
+
+
+def test_untracked_job_is_named_when_its_cancel_fails_too(tmp_path, fake, monkeypatch):
+    """Regression: a failing scancel after a failed recording was ignored, leaving a job running
+    that reatt did not know about, without a word."""
+    engine = make_study(tmp_path, features=1)
+    fake.respond("sbatch", (0, "31\n", ""))
+    fake.respond("scancel", (1, "", "scancel: error: Unable to contact slurm controller\n"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(slurm, "_record_submitted", broken)
+    with pytest.raises(ReattError) as e:
+        slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+    msg = str(e.value)
+    assert "Slurm job 31" in msg and "scancel 31" in msg and "disk full" in msg
+    assert "Unable to contact slurm controller" in msg and "not submitted" not in msg
+    assert fake.calls("scancel") == [["scancel", "31"]] and len(fake.calls("sbatch")) == 1
+
+
+def test_force_starts_over_without_the_old_results(tmp_path, fake):
+    """Regression: --force under Slurm kept the moved run's final_nll, metrics and files fingerprint."""
+    from reatt import collect
+
+    engine = make_study(tmp_path, features=1)  # baseline, f0
+    for r in runs(engine).values():
+        wd = Path(r.work_dir)
+        wd.mkdir(parents=True)
+        (wd / "loss.csv").write_text("step,loss,val_loss,lr,tokens,elapsed_s\n0,,10.5,5e-4,0,0.1\n")
+        (wd / "final.json").write_text('{"status": "completed", "final_nll": 5.0, "steps": 20}')
+    collect.collect(engine)
+    assert {(r.state, r.final_nll) for r in runs(engine).values()} == {("completed", 5.0)}
+    fake.respond("sbatch", (0, "9\n", ""), (0, "10\n", ""))
+    result = slurm.submit_cluster(engine, None, force=True, project_dir=str(tmp_path))
+    assert len(result.archived) == 2
+    for r in runs(engine).values():
+        assert r.state == "pending" and r.job_id in ("9", "10")
+        assert all(getattr(r, c) is None for c in collect.RESULT_COLUMNS), r.name
+    with db.transaction(engine) as session:
+        assert session.query(db.Metric).count() == 0
 
 
 def test_env_override_of_templates(tmp_path, fake, monkeypatch):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from slurm_helpers import REPO_ROOT, SlurmCluster
 
-from reatt import db, plan, slurm, states, status
+from reatt import db, plan, rundir, slurm, states, status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -184,6 +184,11 @@ def test_array_task_requeued_by_usr1_resumes_exactly(slurm_cluster: SlurmCluster
     assert f"job {ids['a']}, attempt 2" in out_a  # SLURM_RESTART_COUNT=1: Slurm ran it again
     assert "attempt 2" not in out_b and "requeueing" not in out_b  # only its own task requeued
     assert "resuming" in out_a
+    # the .err file marks each attempt; its latest one ended without any Slurm end line (Slurm's
+    # "CANCELLED ... DUE TO JOB REQUEUE" of the requeue, if written, belongs to attempt 1)
+    err_a = log_dir / f"it-array-{ids['a']}.err"
+    assert len(list(rundir.ATTEMPT_LINE.finditer(err_a.read_text()))) == 2
+    assert rundir.state_from_err(rundir.attempt_err(err_a)) is None
 
     rows_a, rows_b = loss_rows(work["a"]), loss_rows(work["b"])
     steps = [int(r["step"]) for r in rows_a]

@@ -25,6 +25,7 @@ import pytest
 
 from reatt.errors import SpecError
 from reatt.plan import TRAIN_ENV, JobSpec, SlurmSettings
+from reatt.rundir import ATTEMPT_LINE
 from reatt.slurm import (
     ScriptContext,
     array_spec,
@@ -325,6 +326,35 @@ def test_term_checkpoints_but_does_not_requeue(tmp_path):
 
 
 @pytest.mark.skipif(BASH is None, reason="bash not found")
+@pytest.mark.parametrize("array", [False, True])
+def test_each_attempt_is_marked_in_the_err_file(tmp_path, array):
+    """`reatt status` judges a job's .err file from its latest attempt line on (rundir.ATTEMPT_LINE),
+    so the line must reach stderr before anything else can fail (module load, venv, cd)."""
+    ctx = ScriptContext(str(tmp_path / "missing dir"), str(stub_python(tmp_path)), str(tmp_path / "logs"))
+    settings = SlurmSettings(modules=["python/3.11"])  # `module` is not a command here: fails
+    if array:
+        text = render_array_script([job(0, "a"), job(3, "b")], settings, ctx, throttle=0)
+        env = {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3", "SLURM_RESTART_COUNT": "1"}
+        expected = "reatt: run b, job 77_3, attempt 2, on "
+    else:
+        text = render_job_script(job(), settings, ctx)
+        env = {}
+        expected = "reatt: run baseline, job 4242, attempt 1, on "
+    proc = run_script(text, tmp_path, env)
+    assert proc.returncode == 1 and "module load failed" in proc.err
+    marks = [m.group(0) for m in ATTEMPT_LINE.finditer(proc.err)]
+    assert len(marks) == 1 and marks[0].startswith(expected)
+    assert proc.err.index(marks[0]) < proc.err.index("module load failed")
+    assert marks[0] in proc.out
+    assert attempt_err_text(proc.err).strip().endswith("module load failed: python/3.11")
+
+
+def attempt_err_text(err: str) -> str:
+    starts = list(ATTEMPT_LINE.finditer(err))
+    return err[starts[-1].end() :] if starts else err
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
 def test_failure_exit_code_is_the_jobs(tmp_path):
     ctx = ScriptContext(str(tmp_path), str(stub_python(tmp_path)), str(tmp_path / "logs"))
     proc = run_script(render_job_script(job(), SlurmSettings(), ctx), tmp_path, {"STUB_MODE": "fail"})
@@ -358,6 +388,16 @@ def test_failure_exit_code_is_the_jobs(tmp_path):
         ({"extra_sbatch": ["--output=/tmp/x"]}, "--output is set by reatt"),
         ({"extra_sbatch": ["-J other"]}, "--job-name is set by reatt"),
         ({"extra_sbatch": ["--no-requeue"]}, "--no-requeue is set by reatt"),
+        # sbatch takes unambiguous prefixes of long options ("--job=evil" sets the job name)
+        ({"extra_sbatch": ["--job=evil"]}, "--job-name is set by reatt (sbatch reads --job as --job-name)"),
+        ({"extra_sbatch": ["--out=/tmp/x"]}, "--output is set by reatt"),
+        ({"extra_sbatch": ["--sig=B:USR2@30"]}, "--signal is set by reatt"),
+        ({"extra_sbatch": ["--arr=0-3"]}, "--array is set by reatt"),
+        ({"extra_sbatch": ["--no-req"]}, "--no-requeue is set by reatt"),
+        ({"extra_sbatch": ["--requ"]}, "--requeue is set by reatt"),
+        ({"extra_sbatch": ["--open=truncate"]}, "--open-mode is set by reatt"),
+        ({"extra_sbatch": ["--err /tmp/x"]}, "--error is set by reatt"),
+        ({"extra_sbatch": ["--o=x"]}, "--output / --open-mode is set by reatt"),
         ({"modules": ["python\nrm -rf /"]}, "slurm.modules"),
         ({"hf_home": "/a\nb"}, "slurm.hf_home"),
     ],
@@ -369,6 +409,23 @@ def test_invalid_sbatch_values_are_refused(changes, message):
     assert message in str(e.value)
     with pytest.raises(SpecError):
         render_job_script(job(), settings, CTX)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "--constraint=a100",
+        "--exclude=node07",
+        "--gres=gpu:2",
+        "--mail-type=END",
+        "--no-kill",
+        "--mem-per-cpu=2G",
+    ],
+)
+def test_unrelated_extra_sbatch_options_are_kept(line):
+    settings = dataclasses.replace(SlurmSettings(), extra_sbatch=[line])
+    check_settings(settings)
+    assert f"#SBATCH {line}" in render_job_script(job(), settings, CTX).splitlines()
 
 
 def test_every_problem_is_listed_at_once():

@@ -1,10 +1,12 @@
 """`status.refresh` and `status.select_runs` against a fake Slurm (executables first on PATH
 that record their argv): one squeue and one sacct call for a whole study, Slurm's states
-mapped to reatt's, and the two rules: a job is completed only if its final.json says so, and a
-job that left the queue before its accounting record exists is never taken as completed."""
+mapped to reatt's, and the rules: a job is completed only if its final.json says so; a job
+that left the controller before its accounting record exists is never taken as completed; and
+where Slurm cannot be asked, only a current final.json changes a recorded state."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -15,11 +17,11 @@ from types import SimpleNamespace
 import pytest
 from test_slurm_errors import FakeSlurm, make_study, runs
 
-from reatt import db, slurm, states, status
+from reatt import db, rundir, slurm, states, status
 from reatt.errors import StudyError
 from reatt.slurm import JobInfo
 
-SQUEUE = ["squeue", "-h", "-r", "-j"]
+SQUEUE = ["squeue", "-h", "-r", "-t", "all", "-j"]
 SQUEUE_FORMAT = ["-o", "%i|%T|%r"]
 SACCT_FORMAT = ["-o", "JobID,State,ExitCode,Elapsed"]
 
@@ -65,7 +67,7 @@ def test_one_squeue_and_one_sacct_for_the_whole_study(tmp_path, fake):
     assert fake.calls() == [
         [*SQUEUE, "101,102,103,104,105", *SQUEUE_FORMAT],
         ["sacct", "-n", "-X", "-P", "-j", "103,104,105", *SACCT_FORMAT],
-    ]  # every job left the queue has a final record: no scontrol
+    ]  # one call each, whatever the number of jobs
     assert [s.name for s in got] == ["baseline", "f0", "f1", "f2", "all"]  # plan order
     table = {s.name: (s.state, s.reason) for s in got}
     assert table["baseline"] == ("running", None)
@@ -103,12 +105,10 @@ def test_sacct_lagging_behind_squeue_is_never_completed(tmp_path, fake):
     with db.transaction(engine) as session:
         for r in db.get_study(session, None).runs:
             r.state = states.RUNNING
-    fake.respond("squeue", (0, "", ""))  # ... the jobs left the queue ...
+    fake.respond("squeue", (0, "", ""))  # ... the controller forgot the jobs ...
     fake.respond("sacct", (0, "102|RUNNING|0:0|00:00:30\n", ""))  # ... sacct is behind
-    fake.respond("scontrol", (0, "No jobs in the system\n", ""))  # and the controller forgot them
     _, got = status.refresh(engine, None)
-    assert [c[0] for c in fake.calls()] == ["squeue", "sacct", "scontrol"]
-    assert fake.calls("scontrol") == [["scontrol", "-o", "show", "job"]]
+    assert [c[0] for c in fake.calls()] == ["squeue", "sacct"]  # never scontrol (every job on the cluster)
     for s in got:
         assert s.state == "running" and "accounting" in s.reason
     # the record arrives: now they are done
@@ -117,31 +117,21 @@ def test_sacct_lagging_behind_squeue_is_never_completed(tmp_path, fake):
     assert [s.state for s in got] == ["completed", "completed"]
 
 
-def test_scontrol_answers_while_sacct_lags(tmp_path, fake):
+def test_the_controller_answers_for_jobs_that_just_ended(tmp_path, fake):
+    """squeue -t all shows jobs that ended within MinJobAge: sacct (which may lag) is not asked."""
     engine = submitted_study(tmp_path, fake, features=1)
     write_final(engine, "baseline")
     write_final(engine, "f0", "failed", error="data.file_path: line 3: not valid JSON")
-    fake.respond("squeue", (0, "", ""))
-    fake.respond("sacct", (0, "", ""))
-    fake.respond(
-        "scontrol",
-        (
-            0,
-            "JobId=101 JobName=tiny-baseline JobState=COMPLETED Reason=None Restarts=0 ExitCode=0:0 "
-            "RunTime=00:00:20 WorkDir=/x JobState=FAILED\n"  # a later field cannot spoof the state
-            "JobId=102 JobName=tiny-f0 JobState=FAILED Reason=NonZeroExitCode Restarts=0 ExitCode=1:0\n"
-            "JobId=99 JobName=other JobState=RUNNING Reason=None\n",
-            "",
-        ),
-    )
+    fake.respond("squeue", (0, "101|COMPLETED|None\n102|FAILED|NonZeroExitCode\n99|RUNNING|None\n", ""))
     _, got = status.refresh(engine, None)
     assert [(s.state, s.reason) for s in got] == [
         ("completed", None),
         ("failed", "data.file_path: line 3: not valid JSON"),
     ]
+    assert [c[0] for c in fake.calls()] == ["squeue"]
 
 
-def test_no_accounting_falls_back_to_scontrol_then_files(tmp_path, fake):
+def test_no_accounting_falls_back_to_the_controller_then_files(tmp_path, fake):
     engine = submitted_study(tmp_path, fake, features=2)  # 101..104
     write_final(engine, "f0", "failed", error="boom")
     wd = Path(runs(engine)["f1"].work_dir)
@@ -152,11 +142,11 @@ def test_no_accounting_falls_back_to_scontrol_then_files(tmp_path, fake):
         "step 10\n"
         "slurmstepd: error: *** JOB 104 ON vm CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***\n"
     )
-    fake.respond("squeue", (0, "", ""))
+    (log_dir / "tiny-baseline-101.out").write_text("reatt: run baseline, job 101, attempt 1\n")  # it ran
+    fake.respond("squeue", (0, "101|PENDING|BeginTime\n", ""))
     fake.respond("sacct", (1, "", "sacct: error: Slurm accounting storage is disabled\n"))
-    fake.respond("scontrol", (0, "JobId=101 JobState=PENDING Reason=BeginTime Restarts=1 ExitCode=0:0\n", ""))
     _, got = status.refresh(engine, None)
-    assert len(fake.calls("scontrol")) == 1 and len(fake.calls("sacct")) == 1
+    assert len(fake.calls("squeue")) == 1 and len(fake.calls("sacct")) == 1 and not fake.calls("scontrol")
     table = {s.name: s.state for s in got}
     assert table == {"baseline": "requeued", "f0": "failed", "f1": "interrupted", "all": "timeout"}
     assert by_name(got)["f0"].reason == "boom"
@@ -198,15 +188,14 @@ def test_array_tasks(tmp_path, fake):
 
 
 def test_array_tasks_cancelled_before_they_started(tmp_path, fake):
-    """sacct and scontrol show unstarted tasks only as a range of the array: 12_[1-3%1]."""
+    """sacct shows unstarted tasks only as a range of the array: 12_[1-3%1] (squeue -r, one per line)."""
     engine = make_study(tmp_path, features=3)  # 5 runs
     fake.respond("sbatch", (0, "12\n", ""))
     slurm.submit_cluster(engine, None, array=True, throttle=1, project_dir=str(tmp_path))
-    fake.respond("squeue", (0, "", ""))
+    fake.respond("squeue", (0, "12_4|CANCELLED|JobArrayTaskLimit\n", ""))  # still in the controller
     fake.respond(
         "sacct", (0, "12_0|CANCELLED by 0|0:15|00:00:02\n12_[1-3%1]|CANCELLED by 0|0:0|00:00:00\n", "")
     )
-    fake.respond("scontrol", (0, "JobId=12 ArrayJobId=12 ArrayTaskId=4 JobState=CANCELLED Reason=None\n", ""))
     _, got = status.refresh(engine, None)
     assert [s.state for s in got] == ["cancelled"] * 5
     assert fake.calls("sacct") == [["sacct", "-n", "-X", "-P", "-j", "12", *SACCT_FORMAT]]
@@ -332,8 +321,121 @@ def test_state_mapping(tmp_path, slurm_state, final, expected):
 
 
 def test_pending_after_a_restart_is_requeued(tmp_path):
-    info = JobInfo("1", "PENDING", "scontrol", reason="BeginTime", restarts=1)
-    assert status.map_slurm_state(info, tmp_path) == ("requeued", "BeginTime")
+    info = JobInfo("1", "PENDING", "squeue", reason="BeginTime")
+    out = tmp_path / "tiny-x-1.out"
+    out.write_text("reatt: run x, job 1, attempt 1\n")  # Slurm wrote it: the job ran before
+    assert status.map_slurm_state(info, tmp_path, out) == ("requeued", "BeginTime")
+
+
+# ------------------------------------------------- the .err file: attempts, requeues, reasons
+
+ATTEMPT = "reatt: run baseline, job 101, attempt {n}, on vm at 2026-11-30T12:0{n}:00+00:00\n"
+REQUEUE = "slurmstepd: error: *** JOB 101 ON vm CANCELLED AT 2026-11-30T12:01:00 DUE TO JOB REQUEUE ***\n"
+
+
+def end_line(why=None):
+    due = f" DUE TO {why}" if why else ""
+    return f"slurmstepd: error: *** JOB 101 ON vm CANCELLED AT 2026-11-30T12:05:00{due} ***\n"
+
+
+OOM = "slurmstepd: error: Detected 1 oom-kill event(s) in StepId=101.batch. Some of your processes ...\n"
+
+
+@pytest.mark.parametrize(
+    ("err", "expected"),
+    [
+        # Slurm writes "DUE TO JOB REQUEUE" whenever the job requeues itself: no end
+        (ATTEMPT.format(n=1) + "step 40\n" + REQUEUE + ATTEMPT.format(n=2) + "step 45\n", "interrupted"),
+        (ATTEMPT.format(n=1) + REQUEUE, "interrupted"),  # requeued, attempt 2 not started yet
+        # an earlier attempt's end lines are not the latest attempt's
+        (ATTEMPT.format(n=1) + end_line("PREEMPTION") + ATTEMPT.format(n=2), "interrupted"),
+        (ATTEMPT.format(n=1) + end_line("PREEMPTION"), "preempted"),
+        (ATTEMPT.format(n=1) + end_line("TIME LIMIT"), "timeout"),
+        (ATTEMPT.format(n=1) + end_line(), "cancelled"),
+        (ATTEMPT.format(n=1) + end_line("NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS"), "failed"),
+        (ATTEMPT.format(n=1) + end_line("TIME LIMIT") + OOM, "failed"),  # a later OOM is not hidden
+        (ATTEMPT.format(n=1) + OOM + end_line(), "cancelled"),  # the later event decides
+        (REQUEUE + OOM, "failed"),  # no attempt line (an older script): the whole tail
+    ],
+)
+def test_state_from_the_err_file_of_the_latest_attempt(tmp_path, err, expected):
+    (tmp_path / "ckpt.pt").write_bytes(b"x")
+    (tmp_path / "job.err").write_text(err)
+    state, reason = rundir.state_from_files(tmp_path, tmp_path / "job.err")
+    assert state == expected, reason
+    if expected == "failed" and "NODE" in err:
+        assert reason == "Slurm: node failure"
+
+
+def test_tails_start_at_a_whole_line(tmp_path):
+    """loss.csv and .err files are read from their tail (rundir.read_tail), never from a cut line."""
+    path = tmp_path / "loss.csv"
+    path.write_text("step,loss,val_loss,lr,tokens,elapsed_s\n125,1.5,1.4,5e-4,1280,2.5\nnot a row\n")
+    assert rundir.last_loss_row(path)["step"] == 125
+    assert rundir.last_loss_row(path, max_bytes=35) is None  # not step 25 from "...25,1.5,1.4,..."
+    assert rundir.read_tail(path, max_bytes=35) == "not a row\n"
+    err = tmp_path / "job.err"
+    err.write_text(ATTEMPT.format(n=1) + "x" * 100_000 + "\n" + ATTEMPT.format(n=2) + "boom\n")
+    assert rundir.attempt_err(err).strip() == "boom" and rundir.last_err_line(err) == "boom"
+    assert rundir.attempt_err(None) == "" and rundir.last_err_line(tmp_path / "none.err") is None
+
+
+def test_failed_reason_is_the_latest_attempts_last_err_line(tmp_path, fake):
+    """The reason quotes what the failing attempt wrote, never an earlier attempt's lines nor
+    the attempt line itself."""
+    engine = submitted_study(tmp_path, fake, features=1)
+    log_dir = tmp_path / "out" / "slurm"
+    (log_dir / "tiny-baseline-101.err").write_text(
+        ATTEMPT.format(n=1) + "RuntimeError: an old problem\n" + REQUEUE + ATTEMPT.format(n=2)
+    )
+    (log_dir / "tiny-f0-102.err").write_text(ATTEMPT.format(n=1) + "ImportError: no reatt  \n\n")
+    fake.respond("squeue", (0, "101|FAILED|NonZeroExitCode\n102|FAILED|NonZeroExitCode\n", ""))
+    _, got = status.refresh(engine, None)
+    assert [(s.state, s.reason) for s in got] == [
+        ("failed", "Slurm: FAILED (NonZeroExitCode)"),
+        ("failed", "Slurm: FAILED (NonZeroExitCode): ImportError: no reatt"),
+    ]
+
+
+def test_without_slurm_the_err_file_is_a_hint_never_a_recorded_state(tmp_path, fake, monkeypatch):
+    """Regression: with Slurm unreachable, an .err file ending in CANCELLED (the job requeued
+    itself, and is queued again) was recorded as cancelled, and the run never watched again."""
+    engine = submitted_study(tmp_path, fake, features=1)  # baseline 101, f0 102: pending
+    log_dir = tmp_path / "out" / "slurm"
+    (log_dir / "tiny-baseline-101.err").write_text(ATTEMPT.format(n=1) + end_line("PREEMPTION"))
+    wd = write_final(engine, "f0", "failed", error="an earlier attempt's error")
+    old = (db.utc_now() - dt.timedelta(hours=1)).timestamp()
+    os.utime(wd / "final.json", (old, old))  # written before job 102 was submitted
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    _, got = status.refresh(engine, None)
+    assert [s.state for s in got] == ["pending", "pending"]
+    assert "not found on PATH" in got[0].reason and "suggest preempted" in got[0].reason
+    assert "earlier attempt" not in got[1].reason
+    assert {r.state for r in runs(engine).values()} == {"pending"}  # recorded: still watched
+
+
+def test_vanished_job_ignores_a_final_json_from_before_its_submission(tmp_path, fake, monkeypatch):
+    engine = submitted_study(tmp_path, fake, features=1)
+    wd = write_final(
+        engine, "baseline", "failed", error="attempt 1: NaN loss", finished_at="2020-01-01T00:00:00Z"
+    )
+    (wd / "ckpt.pt").write_bytes(b"x")
+    fake.respond("squeue", (0, "", ""))
+    fake.respond("sacct", (1, "", "sacct: error: Slurm accounting storage is disabled\n"))
+    _, got = status.refresh(engine, None)
+    assert got[0].state == "interrupted"  # this job left no final.json of its own
+
+
+def test_accounting_off_never_asks_scontrol(tmp_path, fake):
+    """Regression: a run left unknown with accounting off ran `scontrol -o show job` (every job
+    on the cluster) at each status; now each status is one squeue (and one sacct) at most."""
+    engine = submitted_study(tmp_path, fake, features=1)
+    fake.respond("squeue", (0, "", ""))
+    fake.respond("sacct", (1, "", "sacct: error: Slurm accounting storage is disabled\n"))
+    for n in (1, 2, 3):
+        _, got = status.refresh(engine, None)
+        assert [s.state for s in got] == ["unknown", "unknown"]
+        assert [c[0] for c in fake.calls()] == ["squeue", "sacct"] * n
 
 
 # ----------------------------------------------------------------------- local runs
@@ -358,6 +460,41 @@ def test_local_runs_alive_or_from_files(tmp_path):
         assert wd.exists()
     finally:
         for p in (proc, other):
+            p.kill()
+            p.wait()
+
+
+def test_local_job_ids_with_a_host(tmp_path):
+    """local.py records ``local:<host>:<pid>`` (and, while a submit starts the run, its own pid)."""
+    from reatt import local
+
+    engine = make_study(tmp_path, features=2)  # baseline, f0, f1, all
+    train = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "reatt.train"])
+    submit = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with db.transaction(engine) as session:
+            by = {r.name: r for r in db.get_study(session, None).runs}
+            for r in by.values():
+                r.executor, r.state, r.submitted_at = "local", states.RUNNING, db.utc_now()
+            by["baseline"].job_id = local.local_job_id(train.pid)
+            by["f0"].job_id = f"local:{local.this_host()}-elsewhere:{train.pid}"
+            by["f1"].state, by["f1"].state_reason = states.PENDING, "starting (reatt submit, local)"
+            by["f1"].job_id = local.local_job_id(submit.pid)
+            by["all"].job_id = local.local_job_id(submit.pid)  # running, but not reatt.train
+        _, got = status.refresh(engine, None)
+        assert [(s.state, s.reason) for s in got] == [
+            ("running", None),
+            ("running", f"runs on {local.this_host()}-elsewhere (pid {train.pid}); "
+                        "`reatt status` there tells whether it still runs"),
+            ("pending", "starting (reatt submit, local)"),
+            ("unknown", f"the local process {submit.pid} is gone; no run directory"),
+        ]  # fmt: skip
+        submit.kill()
+        submit.wait()
+        _, got = status.refresh(engine, None)
+        assert got[2].state == "unknown"  # the submit died before starting it
+    finally:
+        for p in (train, submit):
             p.kill()
             p.wait()
 

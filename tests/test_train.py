@@ -1,8 +1,10 @@
 """The training program end to end: run directory, determinism, resume, bad input."""
 
 import csv
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +12,8 @@ import time
 
 import pytest
 
-from reatt.train import EXIT_INTERRUPTED, main
+from reatt.errors import RunDirError
+from reatt.train import EXIT_INTERRUPTED, lock_work_dir, main, this_host
 
 # A tiny, fast configuration on the embedded corpus (Python's docs).
 TINY = [
@@ -40,6 +43,20 @@ def without_time(table):
 
 def final(work_dir):
     return json.loads((work_dir / "final.json").read_text())
+
+
+def files(work_dir):
+    return {p.name: p.read_bytes() for p in work_dir.iterdir()}
+
+
+def lock_is_held(work_dir):
+    with open(work_dir / ".lock") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def test_run_directory_and_learning(tmp_path):
@@ -166,15 +183,18 @@ def test_signal_checkpoints_and_resume_equals_uninterrupted(tmp_path, sig):
 def test_crash_then_resume_drops_rows_after_the_checkpoint_and_a_torn_line(tmp_path, monkeypatch):
     from reatt.train import Run
 
-    conf = ("--trainer.max_iters=30", "--trainer.ckpt_interval=20")
+    samples = ("--trainer.sample_interval=11", "--trainer.sample_tokens=4")  # at steps 11 and 22
+    conf = ("--trainer.max_iters=30", "--trainer.ckpt_interval=20", *samples)
     ref, wd = tmp_path / "ref", tmp_path / "crashed"
     assert main(args(ref, *conf)) == 0
 
     original = Run._on_batch_end
+    held = []
 
     def crash_at_23(self, trainer):
         original(self, trainer)
         if trainer.iter_num == 23:  # after the step-20 checkpoint: steps 21-23 are lost
+            held.append(lock_is_held(self.dir))
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Run, "_on_batch_end", crash_at_23)
@@ -182,8 +202,125 @@ def test_crash_then_resume_drops_rows_after_the_checkpoint_and_a_torn_line(tmp_p
         main(args(wd, *conf))
     monkeypatch.setattr(Run, "_on_batch_end", original)
     assert not (wd / "final.json").exists()
+    assert held == [True] and not lock_is_held(wd)  # the work dir was locked while it trained
+    assert (wd / "samples.txt").read_text().count("--- step 22 ---") == 1
     with open(wd / "loss.csv", "a") as f:
         f.write("25,10.1,")  # a torn row, as a killed process can leave it
+    lines = (wd / "loss.csv").read_text().split("\n")
+    lines.insert(2, "oops,1,2,3,4,5")  # a malformed row (bad disk block, hand edit...)
+    (wd / "loss.csv").write_text("\n".join(lines))
     assert main(args(wd, *conf)) == 0
     assert without_time(rows(wd)) == without_time(rows(ref))
     assert final(wd)["final_nll"] == final(ref)["final_nll"]
+    # the sample of step 22 (after the checkpoint) was written again, not twice
+    assert (wd / "samples.txt").read_text() == (ref / "samples.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A completed 7-step run (rows at 0, 5 and 7: the last row's loss is a mean of two steps),
+    and the names of the files fsynced while it ran."""
+    wd = tmp_path_factory.mktemp("finished") / "run"
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(os, "fsync", fsync)
+    try:
+        assert main(args(wd, "--trainer.max_iters=7")) == 0
+    finally:
+        mp.undo()
+    return wd, synced
+
+
+@pytest.fixture
+def crashed_at_the_end(tmp_path, finished_run):
+    """A copy of the finished run as a crash between its last checkpoint and final.json leaves it."""
+    wd = tmp_path / "run"
+    shutil.copytree(finished_run[0], wd)
+    (wd / "final.json").unlink()
+    return wd
+
+
+def test_the_checkpoint_is_fsynced_before_it_replaces_the_old_one(finished_run):
+    _, synced = finished_run
+    assert any(name.startswith(".ckpt.pt.tmp-") for name in synced), synced
+    assert any(name.startswith(".final.json.tmp-") for name in synced), synced
+
+
+def test_resuming_a_checkpoint_of_the_last_step_reports_the_same_final_losses(
+    crashed_at_the_end, finished_run
+):
+    wd, ref = crashed_at_the_end, finished_run[0]
+    assert main(args(wd, "--trainer.max_iters=7")) == 0
+    for key in ("status", "final_nll", "final_train_loss", "steps", "tokens"):
+        assert final(wd)[key] == final(ref)[key], key
+    assert without_time(rows(wd)) == without_time(rows(ref))
+
+
+def test_a_loss_csv_with_a_bad_header_stops_the_resume_naming_the_file(crashed_at_the_end, capsys):
+    wd = crashed_at_the_end
+    (wd / "loss.csv").write_text("what,is,this\n1,2,3\n")
+    assert main(args(wd, "--trainer.max_iters=7")) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume: {wd / 'loss.csv'}:1: header" in err and "aside" in err
+    assert "Traceback" not in err
+    assert (wd / "loss.csv").read_text() == "what,is,this\n1,2,3\n"  # left for a look
+    assert final(wd)["status"] == "failed" and "loss.csv" in final(wd)["error"]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip"], ids=["empty", "garbage"])
+def test_an_unreadable_checkpoint_is_a_clear_error_saying_what_to_do(crashed_at_the_end, capsys, content):
+    wd = crashed_at_the_end
+    (wd / "ckpt.pt").write_bytes(content)  # e.g. renamed into place unsynced, then a node crash
+    assert main(args(wd, "--trainer.max_iters=7")) == 1
+    err = capsys.readouterr().err
+    assert f"{wd / 'ckpt.pt'}: unreadable checkpoint" in err
+    assert f"move it aside (mv {wd / 'ckpt.pt'} {wd / 'ckpt.pt'}.bad) to restart" in err
+    assert "Traceback" not in err
+    assert final(wd)["status"] == "failed" and "unreadable checkpoint" in final(wd)["error"]
+
+
+def test_a_work_dir_being_trained_is_refused_with_exit_2_and_nothing_written(tmp_path, capsys):
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "loss.csv").write_text("step,loss,val_loss,lr,tokens,elapsed_s\n")
+    with open(wd / ".lock", "w") as other:  # another process training it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write(f"4242 {this_host()}\n")
+        other.flush()
+        before = files(wd)
+        assert main(args(wd, "--trainer.max_iters=5")) == 2
+        assert files(wd) == before
+    err = capsys.readouterr().err
+    assert f"error: {wd} is being trained by another process (pid 4242)" in err
+
+
+def test_the_work_dir_lock_holds_our_pid_and_is_skipped_where_unsupported(tmp_path, monkeypatch, capsys):
+    fd = lock_work_dir(tmp_path)
+    try:
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()} {this_host()}\n"
+        with pytest.raises(RunDirError, match=rf"being trained by another process \(pid {os.getpid()}\)"):
+            lock_work_dir(tmp_path)
+    finally:
+        os.close(fd)
+    os.close(lock_work_dir(tmp_path))  # free again once closed
+
+    def no_locks(*a):
+        raise OSError(37, "No locks available")  # as on some NFS mounts
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    os.close(lock_work_dir(tmp_path))
+    assert "warning: cannot lock" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_cuda_device_is_a_config_error_before_anything_is_written(tmp_path, capsys):
+    wd = tmp_path / "run"
+    assert main(args(wd, "--trainer.device=cuda", "--trainer.max_iters=5")) == 2
+    assert "trainer.device='cuda' but CUDA is not available" in capsys.readouterr().err
+    assert not wd.exists()

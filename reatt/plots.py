@@ -1,0 +1,313 @@
+"""The report's figures: training-loss curves and final NLL per variant (seaborn, matplotlib).
+
+Imported by ``report.write_report`` only when figures are asked for; seaborn and matplotlib
+are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reatt.errors import StudyError
+from reatt.report import (
+    COL_DELTA,
+    COL_HIGH,
+    COL_LOW,
+    COL_MEAN,
+    COL_METHOD,
+    COL_N,
+    COL_PLANNED,
+    COL_STD,
+    COL_VARIANT,
+    Report,
+    _excludes_zero,
+    _isnan,
+    _signed,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+PNG_DPI = 150
+
+
+def _colors(report: Report) -> dict[str, Any]:
+    """One color per variant, in plan order (so a variant keeps its color from study to study
+    of the same matrix); the reference in near-black."""
+    import seaborn as sns
+
+    names = [str(v) for v in (report.variants or report.table[COL_VARIANT]) if v != report.reference]
+    if len(names) <= 10:  # seaborn's colorblind palette, reordered so the first six differ most
+        base = sns.color_palette("colorblind", 10)
+        palette = [base[i] for i in (0, 1, 2, 4, 9, 3, 5, 8, 6, 7)][: len(names)]
+    else:
+        palette = sns.color_palette("husl", len(names))
+    colors: dict[str, Any] = dict(zip(names, palette, strict=True))
+    if report.reference is not None:
+        colors[report.reference] = (0.1, 0.1, 0.1)
+    return colors
+
+
+def _ref_label(report: Report) -> str:
+    """How the figures name the reference: "baseline", or "baseline (all)" for leave-one-out."""
+    ref = report.reference or "reference"
+    return "baseline" if ref == "baseline" else f"baseline ({ref})"
+
+
+def _smoothing_window(curves: pd.DataFrame) -> tuple[int, int]:
+    """The moving-average window in logged rows (odd, about a tenth of a run's rows, so a
+    batch-1 run's noise does not hide 0.01-nat differences) and the steps it spans."""
+    rows = curves.dropna(subset=["loss"]).groupby("run")["step"]
+    if rows.ngroups == 0:
+        return 1, 0
+    n_rows = int(rows.size().median())
+    step_gap = float(rows.apply(lambda s: s.diff().median()).median())
+    window = max(1, round(n_rows / 10)) | 1
+    return window, round(window * (step_gap if math.isfinite(step_gap) else 1))
+
+
+def _smooth(values: pd.Series, window: int) -> pd.Series:
+    """Centered moving average whose half-width grows from 0 at the first row to
+    ``window // 2`` (about i/2 rows at row i): a fixed window would flatten the fast early drop
+    of the loss and bend it on a log axis; later rows get the full window (truncated at the end)."""
+    import numpy as np
+    import pandas as pd
+
+    x = values.to_numpy(dtype=float)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(len(x))
+    half = np.minimum(window // 2, idx // 2)
+    lo, hi = idx - half, np.minimum(idx + half + 1, len(x))
+    return pd.Series((csum[hi] - csum[lo]) / (hi - lo), index=values.index)
+
+
+def plot_loss_curves(report: Report) -> Figure:
+    """Training loss (centered moving average per run, then mean over seeds with a min–max
+    band) and held-out NLL (dots, mean over seeds) vs training tokens: the whole run on a log
+    axis, and the second half zoomed in, where the variants separate."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import EngFormatter, NullFormatter
+
+    c = report.curves
+    if c.empty:
+        raise StudyError(f"study {report.study!r}: the completed runs have no metrics; run `reatt collect`")
+    use_tokens = bool(c["tokens"].notna().any())
+    xcol = "tokens" if use_tokens else "step"
+    xunit = "tokens" if use_tokens else "steps"
+    xlabel = "training tokens" if use_tokens else "optimizer steps"
+    window, window_steps = _smoothing_window(c)
+    train = c.dropna(subset=["loss", xcol]).copy()
+    train["smooth"] = train.groupby("run")["loss"].transform(lambda s: _smooth(s, window))
+    agg = (
+        train.groupby(["variant", "step"])
+        .agg(x=(xcol, "mean"), mean=("smooth", "mean"), lo=("smooth", "min"), hi=("smooth", "max"))
+        .reset_index()
+    )
+    held = (
+        c.dropna(subset=["val_loss", xcol])
+        .groupby(["variant", "step"])
+        .agg(x=(xcol, "mean"), val=("val_loss", "mean"))
+        .reset_index()
+    )
+    colors = _colors(report)
+    present = set(agg["variant"]) | set(held["variant"])
+    order = [v for v in report.table[COL_VARIANT] if v in present]
+    seeds = report.table.set_index(COL_VARIANT)[COL_N]
+    xmax = float(max(agg["x"].max() if not agg.empty else 0, held["x"].max() if not held.empty else 0))
+    zoom_from = 0.5 * xmax
+    fmt = EngFormatter(sep="")
+
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = Figure(figsize=(13, 5.4), layout="constrained")
+        ax_all, ax_zoom = fig.subplots(1, 2)
+        for ax, zoom in ((ax_all, False), (ax_zoom, True)):
+            ylo, yhi = math.inf, -math.inf
+            for v in order:
+                color, is_ref = colors[v], v == report.reference
+                a = agg[(agg["variant"] == v) & (agg["x"] > 0)]  # x = 0 has no place on a log axis
+                h = held[(held["variant"] == v) & (held["x"] > 0)]
+                if zoom:
+                    a, h = a[a["x"] >= zoom_from], h[h["x"] >= zoom_from]
+                    for lo, hi in ((a["lo"], a["hi"]), (h["val"], h["val"])):
+                        if len(lo):
+                            ylo, yhi = min(ylo, lo.min()), max(yhi, hi.max())
+                ax.plot(a["x"], a["mean"], color=color, lw=2.2 if is_ref else 1.6, ls="--" if is_ref else "-")
+                if seeds.get(v, 0) > 1:
+                    ax.fill_between(a["x"], a["lo"], a["hi"], color=color, alpha=0.10, lw=0)
+                ax.scatter(h["x"], h["val"], color=color, s=30, edgecolor="white", lw=0.7, zorder=4)
+            if zoom and math.isfinite(ylo):
+                pad = 0.06 * ((yhi - ylo) or 1.0)
+                ax.set_ylim(ylo - pad, yhi + pad)
+                ax.set_xlim(zoom_from, xmax * 1.02)
+            ax.set_ylabel("loss (nats/token)")
+        ax_all.set_xscale("log")
+        ax_all.xaxis.set_minor_formatter(NullFormatter())
+        ax_all.set_xlabel(f"{xlabel} (log scale)")
+        ax_zoom.set_xlabel(xlabel)
+        for ax in (ax_all, ax_zoom):
+            ax.xaxis.set_major_formatter(fmt)
+        ax_all.set_title("whole run")
+        ax_zoom.set_title(f"second half, zoomed in (from {fmt(zoom_from)} {xunit})")
+        smoothing = f"centered moving average over ≤{window_steps} steps" if window > 1 else "not smoothed"
+        if seeds.max() > 1:
+            what = (
+                f"lines: training loss ({smoothing}), mean over seeds, band = min–max over seeds; "
+                "dots: held-out NLL, mean over seeds"
+            )
+        else:
+            what = f"lines: training loss ({smoothing}); dots: held-out NLL"
+        fig.suptitle(f"Study {report.study}: loss curves\n{what}", fontsize="medium")
+        _gaps_caption(fig, report)
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=colors[v],
+                lw=2.2 if v == report.reference else 1.6,
+                ls="--" if v == report.reference else "-",
+                marker="o",
+                markeredgecolor="white",
+                label=f"{v}, reference" if v == report.reference else v,
+            )
+            for v in order
+        ]
+        n_text = sorted({int(seeds.get(v, 0)) for v in order})
+        fig.legend(
+            handles=handles,
+            loc="outside right center",
+            title=f"variant\n(best first; n = {', '.join(map(str, n_text))} seeds)"
+            if len(n_text) > 1
+            else f"variant (best first)\n{n_text[0]} seed{'s' if n_text[0] != 1 else ''} each",
+            frameon=False,
+            fontsize="small",
+            title_fontsize="small",
+        )
+    return fig
+
+
+def plot_final_nll(report: Report) -> Figure:
+    """Left: final held-out NLL per variant (mean ± 1 std over seeds, each seed a hollow dot)
+    with the reference's mean as a dashed line. Right: Δ vs the reference with its 95% CI,
+    filled where the interval excludes 0. Variants sorted by NLL, best on top."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    t = report.table[report.table[COL_N] > 0].reset_index(drop=True)
+    colors = _colors(report)
+    runs = report.runs if report.runs is not None else report.curves.iloc[0:0].assign(final_nll=[])
+    per_seed = {str(v): list(g["final_nll"]) for v, g in runs.groupby("variant")}
+    ypos = {v: i for i, v in enumerate(t[COL_VARIANT])}
+    labels = [f"{v}  (n={int(n)})" for v, n in zip(t[COL_VARIANT], t[COL_N], strict=True)]
+    has_ref = report.reference is not None and report.reference in ypos
+    several = bool((t[COL_N] > 1).any())
+    methods = [m for m in ("paired", "Welch") if m in set(t[COL_METHOD])]
+    ref, ref_label = report.reference or "reference", _ref_label(report)
+    bottom = len(t) - 0.5  # an empty band under the last row holds the dashed lines' labels
+
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = Figure(figsize=(12.5, max(3.8, 2.0 + 0.45 * len(t))), layout="constrained")
+        ax, ax_d = fig.subplots(1, 2, sharey=True)
+        small: dict[str, Any] = {"textcoords": "offset points", "ha": "center", "fontsize": "x-small"}
+        small["color"] = "0.2"
+        small["bbox"] = {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8}
+        for _, row in t.iterrows():
+            v = row[COL_VARIANT]
+            y, color = ypos[v], colors[v]
+            if len(per_seed.get(v, [])) > 1:
+                xs = per_seed[v]
+                ax.scatter(xs, [y] * len(xs), s=30, facecolor="none", edgecolor=color, alpha=0.8, zorder=2)
+            std = None if _isnan(row[COL_STD]) else row[COL_STD]
+            ax.errorbar(row[COL_MEAN], y, xerr=std, fmt="o", ms=8, color=color, capsize=4, lw=1.8, zorder=3)
+            ax.annotate(f"{row[COL_MEAN]:.3f}", (row[COL_MEAN], y), xytext=(0, 9), **small)
+            if _isnan(row[COL_DELTA]):
+                continue
+            is_ref = row[COL_METHOD] == "reference"
+            err = None
+            if not _isnan(row[COL_LOW]):
+                err = [[row[COL_DELTA] - row[COL_LOW]], [row[COL_HIGH] - row[COL_DELTA]]]
+            face = color if (_excludes_zero(row) or is_ref) else "white"
+            ax_d.errorbar(
+                row[COL_DELTA],
+                y,
+                xerr=err,
+                fmt="D" if is_ref else "o",
+                ms=7,
+                capsize=4,
+                lw=1.8,
+                color=color,
+                markerfacecolor=face,
+                zorder=3,
+            )
+            text = "reference" if is_ref else _signed(row[COL_DELTA], 3)
+            ax_d.annotate(text, (row[COL_DELTA], y), xytext=(0, 9), **small)
+        line = {"color": "0.2", "ls": "--", "lw": 1.2, "zorder": 1}
+        label = {"va": "center", "fontsize": "small", "color": "0.2"}
+        if has_ref:
+            ref_mean = float(t.loc[ypos[ref], COL_MEAN])
+            ax.axvline(ref_mean, **line)
+            ax.text(ref_mean, bottom + 0.3, f" {ref_label} mean ({ref_mean:.3f})", ha="left", **label)
+        ax_d.axvline(0.0, **line)
+        ax_d.text(0.0, bottom + 0.3, f"{ref_label} (Δ = 0) ", ha="right", **label)
+        ax.set_yticks(range(len(t)), labels)
+        ax.set_ylim(bottom + 0.6, -0.6)  # best at the top
+        ax.grid(axis="y", visible=False)
+        ax_d.grid(axis="y", visible=False)
+        ax.set_xlabel("final held-out NLL (nats/token), lower is better")
+        if several:
+            ax.set_title(
+                "Final NLL per variant: mean ± 1 std over seeds\n(hollow dots: the individual seeds)"
+            )
+        else:
+            ax.set_title("Final NLL per variant\n(one seed each: no spread to show)")
+        _pad_x(ax, per_seed, t)
+        ax_d.set_xlabel(f"Δ final NLL vs {ref} (nats/token), < 0 = better")
+        if methods:
+            how = " / ".join("paired by seed" if m == "paired" else "Welch" for m in methods)
+            ax_d.set_title(f"Difference to {ref}: mean and 95% CI ({how})\nfilled: the CI excludes 0")
+        else:
+            ax_d.set_title(f"Difference to {ref}\n(one seed per variant: no confidence interval)")
+        _pad_delta(ax_d, t)
+        fig.suptitle(f"Study {report.study}: final held-out NLL", fontsize="large")
+        _gaps_caption(fig, report, delta=True)
+    return fig
+
+
+def _gaps_caption(fig: Figure, report: Report, *, delta: bool = False) -> None:
+    """Under the figure, in red, the variants with fewer completed seeds than planned."""
+    t = report.table
+    short = t[t[COL_N] < t[COL_PLANNED]]
+    if short.empty:
+        return
+    parts = [f"{r[COL_VARIANT]} {int(r[COL_N])}/{int(r[COL_PLANNED])}" for _, r in short.iterrows()]
+    text = f"Incomplete (seeds completed/planned): {', '.join(parts)}."
+    if delta and (t[COL_METHOD] == "paired").any() and report.reference in set(short[COL_VARIANT]):
+        text += f" Δ uses only the seeds {report.reference} completed."
+    fig.supxlabel(text + " See final_nll.md.", fontsize="small", color="#b00020")
+
+
+def _pad_x(ax: Any, per_seed: dict[str, list[float]], t: pd.DataFrame) -> None:
+    lo = (t[COL_MEAN] - t[COL_STD].fillna(0)).min()
+    hi = (t[COL_MEAN] + t[COL_STD].fillna(0)).max()
+    for vals in per_seed.values():
+        lo, hi = min(lo, *vals), max(hi, *vals)
+    pad = 0.08 * ((hi - lo) or 0.01)
+    ax.set_xlim(lo - pad, hi + pad)
+
+
+def _pad_delta(ax: Any, t: pd.DataFrame) -> None:
+    vals = [0.0, *t[COL_DELTA].dropna(), *t[COL_LOW].dropna(), *t[COL_HIGH].dropna()]
+    lo, hi = min(vals), max(vals)
+    pad = 0.08 * ((hi - lo) or 0.01)
+    ax.set_xlim(lo - pad, hi + pad)
+
+
+def save_figure(fig: Figure, base: Path) -> list[Path]:
+    png, svg = base.with_suffix(".png"), base.with_suffix(".svg")
+    fig.savefig(png, dpi=PNG_DPI)
+    fig.savefig(svg, metadata={"Date": None})  # no timestamp: the same data gives the same file
+    return [png, svg]
