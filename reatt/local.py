@@ -25,7 +25,6 @@ import os
 import queue
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from reatt import db, plan, rundir, states
 from reatt.errors import DatabaseError, ReattError
+from reatt.rundir import this_host
 
 EXECUTOR = "local"
 LOG_NAME = "train.log"
@@ -67,11 +67,6 @@ class LocalResult:
     not_started: list[str] = field(default_factory=list)  # selected, but Ctrl-C came first
     archived: list[tuple[str, str]] = field(default_factory=list)  # --force: (run dir, moved to)
     dry_run: bool = False
-
-
-def this_host() -> str:
-    """This machine's short host name, as local job ids record it (at most 40 characters)."""
-    return socket.gethostname().split(".")[0][:40] or "localhost"
 
 
 def local_job_id(pid: int) -> str:

@@ -290,3 +290,11 @@ def archive(work_dir: Path) -> Path | None:
     target = work_dir.with_name(f"{work_dir.name}.prev-{stamp}")
     work_dir.rename(target)
     return target
+
+
+def this_host() -> str:
+    """This machine's short host name (at most 40 characters): local job ids and a work dir's
+    ``.lock`` record it beside a pid, since a pid means nothing on another host."""
+    import socket
+
+    return socket.gethostname().split(".")[0][:40] or "localhost"

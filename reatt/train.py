@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from reatt.config import (
     help_rows,
 )
 from reatt.errors import ReattError, RunDirError
-from reatt.rundir import LOSS_COLUMNS, read_loss_csv
+from reatt.rundir import LOSS_COLUMNS, read_loss_csv, this_host
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -183,11 +182,6 @@ def trim_samples(path: Path, step: int) -> None:
     cut = next((m.start() for m in _SAMPLE_HEAD.finditer(text) if int(m.group(1)) > step), None)
     if cut is not None:
         write_atomic(path, text[:cut])
-
-
-def this_host() -> str:
-    """The short host name (as in reatt.local's job ids), recorded in ``.lock`` with the pid."""
-    return socket.gethostname().split(".")[0] or "localhost"
 
 
 def lock_work_dir(directory: Path) -> int:
