@@ -67,10 +67,11 @@ def user_errors() -> Iterator[None]:
         fail(str(e))
 
 
-def engine_for(db: str | None) -> Any:
+def engine_for(db: str | None, *, create: bool = False) -> Any:
+    """The results database; only `plan` and `collect PATH` may create it."""
     from reatt.db import open_db
 
-    return open_db(db)
+    return open_db(db, create=create)
 
 
 @app.command()
@@ -98,7 +99,7 @@ def plan(
 
     with user_errors():
         parsed = load_spec(spec)
-        result = plan_study(parsed, engine_for(db), force=force, new_version=new_version)
+        result = plan_study(parsed, engine_for(db, create=True), force=force, new_version=new_version)
     if as_json:
         print(json.dumps([j.to_json() for j in result.jobs], indent=2))
         return
@@ -171,20 +172,22 @@ def submit(
 
     Example: reatt submit --cluster --partition gpu --time 02:00:00
     """
+    slurm_options = dict(
+        partition=partition, account=account, qos=qos, time=time, cpus=cpus, mem=mem, gpus=gpus
+    )
+    if not cluster:
+        used = [f"--{k}" for k, v in slurm_options.items() if v is not None]
+        used = ["--array"] * array + ["--throttle"] * (throttle is not None) + used
+        if used:
+            fail(f"{', '.join(used)} only apply with --cluster")
+    elif jobs != 1:
+        fail("--jobs only applies without --cluster (Slurm runs the jobs in parallel)")
     with user_errors():
         engine = engine_for(db)
         if cluster:
             from reatt.slurm import submit_cluster
 
-            overrides = dict(
-                partition=partition,
-                account=account,
-                qos=qos,
-                time=time,
-                cpus_per_task=cpus,
-                mem=mem,
-                gpus=gpus,
-            )
+            overrides = {("cpus_per_task" if k == "cpus" else k): v for k, v in slurm_options.items()}
             result = submit_cluster(
                 engine,
                 study,
@@ -197,16 +200,6 @@ def submit(
             )
             _print_cluster_submit(result)
             return
-        slurm_only = {"--array": array, "--throttle": throttle is not None}
-        slurm_only |= {
-            f"--{k}": v is not None
-            for k, v in dict(
-                partition=partition, account=account, qos=qos, time=time, cpus=cpus, mem=mem, gpus=gpus
-            ).items()
-        }
-        used = [k for k, v in slurm_only.items() if v]
-        if used:
-            fail(f"{', '.join(used)} only apply with --cluster")
         from reatt.local import submit_local
 
         local = submit_local(
@@ -281,6 +274,7 @@ def status(
     from rich import box
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from reatt import states
 
@@ -309,11 +303,25 @@ def status(
         "reason": [escape(s.reason or "") for s in statuses],
     }
     columns = {k: v for k, v in columns.items() if k in ("run", "state") or any(v)}  # no empty columns
-    for col, values in columns.items():  # only the reason wraps; the rest keep their width
-        width = max(len(col), *(len(v) for v in values)) if col not in ("state", "reason") else None
-        table.add_column(col, overflow="fold", min_width=width, no_wrap=col == "state")
+    widths = {
+        col: max(len(col), *(len(Text.from_markup(v).plain) for v in values))
+        for col, values in columns.items()
+    }
+    if "reason" in widths:
+        widths["reason"] = min(widths["reason"], 20)  # the reason wraps: it needs only some room
+    hidden = []
+    for col in ("job", "elapsed", "loss", "step", "val loss"):  # least useful first
+        if sum(widths.values()) + 3 * len(widths) <= console.width:  # padding and separators
+            break
+        if col in widths:
+            del widths[col], columns[col]
+            hidden.append(col)
+    for col in columns:  # whole numbers or nothing: only the reason wraps
+        table.add_column(col, overflow="fold", min_width=None if col == "reason" else widths[col])
     for row in zip(*columns.values(), strict=True):
         table.add_row(*row)
+    if hidden:
+        table.caption = f"hidden for lack of width: {', '.join(hidden)} (see --json)"
     console.print(table)
     counts: dict[str, int] = {}
     for s in statuses:
@@ -374,7 +382,9 @@ def collect(
     from reatt.collect import collect as collect_runs
 
     with user_errors():
-        result = collect_runs(engine_for(db), study, paths or [], as_study=as_study, all_studies=all_studies)
+        result = collect_runs(
+            engine_for(db, create=bool(paths)), study, paths or [], as_study=as_study, all_studies=all_studies
+        )
     say(
         f"collected {', '.join(result.studies)}: {result.runs_read} run(s) read, "
         f"{result.runs_unchanged} unchanged, {result.runs_not_started} not started, "
@@ -397,7 +407,11 @@ def report(
         str, typer.Option("--format", "-f", help="What to print: table, markdown, csv or latex")
     ] = "table",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Directory for the files [default: <out_dir>/<study>/report]")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Directory for the files [default: <out_dir>/<study>/report, or <dir>/report if collected]",
+        ),
     ] = None,
     db: DbOpt = None,
 ) -> None:
@@ -414,7 +428,7 @@ def report(
 
     with user_errors():
         rep = build_report(engine_for(db), study)
-        out_dir = out or Path(rep.out_dir) / rep.study / "report"
+        out_dir = out or rep.report_dir
         written = write_report(
             rep,
             out_dir,

@@ -68,7 +68,11 @@ SCHEMA: dict[str, Key] = {
     "data.file_path": Key(
         "", 'JSONL file, one {"text": ...} document per line (empty: the embedded corpus of Python\'s docs)'
     ),
-    "data.split": Key("train", "which split this dataset serves", choices=("train", "test")),
+    "data.split": Key(
+        "train",
+        "the split a JSONLDataset serves; training always trains on 'train' and evaluates on 'test'",
+        choices=("train", "test"),
+    ),
     "data.test_size": Key(0.1, "held-out fraction of documents (0 < test_size < 1)"),
     "data.split_seed": Key(
         1234, "seed of the document split and of the held-out eval windows (keep it fixed across a study)"
@@ -413,6 +417,18 @@ def check_config(cfg: CfgNode) -> None:
             errors.append(f"model.{k}={getattr(m, k)!r} must be in [0, 1)")
     if not 0.0 < d.test_size < 1.0:
         errors.append(f"data.test_size={d.test_size!r} must be between 0 and 1 (a fraction of documents)")
+    if d.split != "train":
+        errors.append(
+            f"data.split={d.split!r}: the training program trains on the 'train' split and evaluates "
+            "on 'test' (data.split is for code that builds a JSONLDataset itself)"
+        )
+    if not all(0.0 <= b < 1.0 for b in t.betas):
+        errors.append(f"trainer.betas={t.betas!r}: each must be in [0, 1)")
+    if t.warmup_steps > t.max_iters:
+        errors.append(
+            f"trainer.warmup_steps={t.warmup_steps} exceeds trainer.max_iters={t.max_iters}: "
+            "the learning rate would never reach trainer.learning_rate"
+        )
     if t.min_lr > t.learning_rate:
         errors.append(
             f"trainer.min_lr={t.min_lr!r} must not exceed trainer.learning_rate={t.learning_rate!r}"

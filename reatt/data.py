@@ -163,7 +163,7 @@ def _parse_line(raw: bytes) -> tuple[str, str | None]:
     except UnicodeDecodeError as e:
         return "", f"not valid UTF-8 (byte {e.start})"
     except json.JSONDecodeError as e:
-        return "", f"not valid JSON ({e.msg} at column {e.colno})"
+        return "", f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
     if not isinstance(obj, dict):
         return "", f"not a JSON object (a JSON {_json_type(obj)})"
     if "text" not in obj:

@@ -144,13 +144,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def open_db(db: str | os.PathLike[str] | None = None) -> Engine:
-    """Open (creating if new) the database and check its schema version."""
+def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Engine:
+    """Open the database (creating it if new, unless ``create`` is False) and check its schema
+    version. Commands that only read a study pass ``create=False``: run in the wrong directory,
+    they say where they looked instead of leaving an empty results.db behind."""
     url = db_url(db)
     if url.startswith("sqlite:///"):
-        parent = Path(url[len("sqlite:///") :]).parent
-        if not parent.is_dir():
-            raise DatabaseError(f"cannot create the database {url[10:]}: {parent} is not a directory")
+        path = Path(url[len("sqlite:///") :])
+        if not create and not path.exists():
+            raise DatabaseError(
+                f"no results database at {path}: run `reatt plan SPEC` here first, "
+                "or point --db (or $REATT_DB) at yours"
+            )
+        if not path.parent.is_dir():
+            raise DatabaseError(f"cannot create the database {path}: {path.parent} is not a directory")
     try:
         engine = create_engine(url)
     except (SQLAlchemyError, ImportError) as e:

@@ -280,7 +280,9 @@ class _Runner:
             return _Outcome(job.name, states.COMPLETED, f"final NLL {nll:.4f}" if nll is not None else None)
         if rc == EXIT_INTERRUPTED:
             return _Outcome(
-                job.name, states.INTERRUPTED, "stopped with a checkpoint (exit 75); submit again to resume"
+                job.name,
+                states.INTERRUPTED,
+                "stopped with a checkpoint (exit 75); `reatt submit --resubmit-failed` resumes it",
             )
         if final is not None and final.get("status") == states.FAILED:
             return _Outcome(job.name, states.FAILED, str(final.get("error") or "final.json: failed"))

@@ -55,6 +55,7 @@ MATRICES = ("standard", "leave-one-out", "factorial", "list")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")  # use fullmatch: "$" lets a final "\n" in
 # set by the plan for each run; a spec may not set them
 PLAN_KEYS = ("system.seed", "system.work_dir")
+PATH_KEYS = ("data.file_path", "data.cache_dir")  # made absolute at plan time
 DEFAULT_SEED = 3407
 
 
@@ -218,7 +219,8 @@ def expand_matrix(
 
 
 def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate keys and value types against the training config; return them coerced."""
+    """Validate keys and value types against the training config; return them coerced, with
+    relative paths made absolute (see ``_absolute_path``)."""
     out = {}
     for key, value in flatten(overrides).items():
         if key in PLAN_KEYS:
@@ -229,7 +231,22 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
             out[key] = coerce(key, value)
         except ConfigError as e:
             raise SpecError(f"{where}: {e}") from None
+        if key in PATH_KEYS and out[key]:
+            out[key] = _absolute_path(key, out[key], where)
     return out
+
+
+def _absolute_path(key: str, value: str, where: str) -> str:
+    """A path of the spec, relative to the directory `reatt plan` runs in (as out_dir is), made
+    absolute: jobs run elsewhere (a Slurm node, another cwd). The data file must exist now, not
+    fail every job after it was queued."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    path = path.resolve()
+    if key == "data.file_path" and not path.is_file():
+        raise SpecError(f"{where}: {key} = {value!r}: no such file ({path})")
+    return str(path)
 
 
 def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -452,7 +469,8 @@ def plan_study(spec: StudySpec, engine: Any, *, force: bool = False, new_version
         if not force:
             raise SpecError(
                 f"{spec.path}: study {spec.name!r} was planned from a different spec "
-                f"({existing.spec_path}, {existing.planned_at:%Y-%m-%d %H:%M} UTC). "
+                f"({existing.spec_path}, {existing.planned_at:%Y-%m-%d %H:%M} UTC; changed: "
+                f"{spec_changes(existing.spec or {}, spec.raw)}). "
                 f"Run `reatt plan {spec.path} --new-version` to plan it as a new version, "
                 "or `--force` to replace the plan (runs already done are kept where unchanged)"
             )
@@ -492,6 +510,19 @@ def plan_study(spec: StudySpec, engine: Any, *, force: bool = False, new_version
         if aside is not None:
             result.moved.append((str(old), str(aside)))
     return result
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    """The keys that differ between two parsed specs, as "key: old -> new; ..."."""
+    a, b = flatten(old), flatten(new)
+    missing = "<unset>"
+    diffs = [
+        f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    ]
+    more = f"; and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return "; ".join(diffs[:limit]) + more
 
 
 def _add_study(session: Any, spec: StudySpec, name: str, out_dir: str, jobs: list[JobSpec]) -> None:

@@ -72,6 +72,7 @@ RUN_COLUMNS = (
     "wall_time_s",
 )
 NO_FEATURES = "—"
+COLLECTED_MATRIX = "collected"  # Study.matrix of runs collected from a directory tree (collect.py)
 MINUS = "\u2212"  # typographic minus for the terminal and the figures
 
 
@@ -91,13 +92,29 @@ class Report:
     matrix: str = ""
     runs: pd.DataFrame | None = None  # the runs in the table, one row each (RUN_COLUMNS)
     variants: list[str] = field(default_factory=list)  # plan order (fixes each variant's color)
-    out_dir: str = "out"  # the study's output root: reports go to <out_dir>/<study>/report
+    out_dir: str = "out"  # planned: the study's output root; collected: the collected directory
+    # The evaluation keys whose values differ between the runs in the table, each as
+    # "data.block_size differs (baseline: 64; rope: 32)"; empty when the final NLLs are comparable.
+    incomparable: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> str | None:
         """The variant with the lowest mean final NLL."""
         ok = self.table[self.table[COL_N] > 0]
         return None if ok.empty else str(ok.iloc[0][COL_VARIANT])
+
+    @property
+    def comparable(self) -> bool:
+        """Whether every run in the table was evaluated on the same held-out windows."""
+        return not self.incomparable
+
+    @property
+    def report_dir(self) -> Path:
+        """Where the report's files go: ``<out_dir>/<study>/report`` for a planned study,
+        ``<out_dir>/report`` for a collected one (its out_dir is the collected directory)."""
+        if self.matrix == COLLECTED_MATRIX:
+            return Path(self.out_dir) / "report"
+        return Path(self.out_dir) / self.study / "report"
 
 
 def _usable(run: Any) -> tuple[bool, str]:
@@ -120,19 +137,140 @@ def _state_counts(runs: Sequence[Any]) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def _no_runs_error(name: str, runs: Sequence[Any]) -> StudyError:
-    from reatt.states import ACTIVE_STATES, COMPLETED
+    """Why a study has nothing to report, and what to do. The states are those the database
+    holds (``reatt status`` and ``reatt collect`` set them); the results come from collect."""
+    from reatt.states import ACTIVE_STATES, COMPLETED, PLANNED, RESUBMITTABLE_STATES
 
     if not runs:
         return StudyError(f"study {name!r} has no runs; run `reatt plan SPEC` first")
-    if any(r.state == COMPLETED for r in runs):
-        hint = "run `reatt collect` first"
-    elif any(r.state in ACTIVE_STATES for r in runs):
-        hint = "wait for them to finish, then run `reatt collect`"
-    else:
+    completed = [r for r in runs if r.state == COMPLETED]
+    others = [r for r in runs if r.state != COMPLETED]
+    rest = f" ({_state_counts(others)})" if others else ""
+    if completed:
+        of = f"{len(completed)} of {len(runs)} runs" if others else _runs(len(completed))
+        uncollected = [r for r in completed if r.final_nll is None and r.collected_at is None]
+        if len(uncollected) == len(completed):
+            none = "none collected yet" if len(completed) > 1 else "not collected yet"
+            return StudyError(f"study {name!r}: {of} completed but {none}{rest}: run `reatt collect` first")
+        problems = []
+        if uncollected:
+            problems.append(f"{len(uncollected)} not collected yet")
+        diverged = [r for r in completed if r.final_nll is not None]  # not finite (else usable)
+        if diverged:
+            values = ", ".join(sorted({str(r.final_nll) for r in diverged}))
+            problems.append(f"{len(diverged)} diverged (final NLL {values})")
+        unread = [r for r in completed if r.final_nll is None and r.collected_at is not None]
+        if unread:
+            why = next((r.collect_error for r in unread if r.collect_error), None)
+            problems.append(
+                f"{len(unread)} collected without a final NLL" + (f" ({_short(why)})" if why else "")
+            )
+        hint = "run `reatt collect` first" if uncollected else "see `reatt status` and the runs' final.json"
+        return StudyError(
+            f"study {name!r}: {of} completed, but none has a usable final NLL: "
+            f"{'; '.join(problems)}{rest}; {hint}"
+        )
+    if any(r.state in ACTIVE_STATES for r in runs):
+        hint = "wait for them to finish (`reatt status`), then run `reatt collect`"
+    elif any(r.state == PLANNED for r in runs):
         hint = "run `reatt submit`, then `reatt collect`"
-    return StudyError(
-        f"study {name!r}: no completed runs yet: {len(runs)} planned ({_state_counts(runs)}); {hint}"
+        if any(r.state in RESUBMITTABLE_STATES for r in runs):
+            hint += " (`reatt submit --resubmit-failed` also reruns the failed ones)"
+    elif any(r.state in RESUBMITTABLE_STATES for r in runs):
+        hint = "see `reatt status` for why, then `reatt submit --resubmit-failed` and `reatt collect`"
+    else:
+        hint = "see `reatt status`"
+    return StudyError(f"study {name!r}: no run has completed yet{rest}; {hint}")
+
+
+# The config keys that define what a run's final NLL was measured on: two final NLLs compare only
+# where these are equal. The data file's content is compared by the token cache key recorded in
+# the config's meta (it hashes the file's bytes, the tokenizer and skip_bad_lines), or by
+# data.file_path where a run's config has no such key.
+EVAL_KEYS = ("data.tokenizer", "data.test_size", "data.split_seed", "data.block_size", "trainer.eval_windows")
+DATA_CONTENT = "data file content"
+_ABSENT = object()
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _data_facts(config: dict[str, Any]) -> tuple[Any, Any, str]:
+    """(cache key or _ABSENT, data.file_path or _ABSENT, a short description of the file)."""
+    meta = _lookup(config, "meta.data")
+    facts: Any = {}
+    if isinstance(meta, dict):
+        facts = meta.get("eval") or meta.get("train") or {}
+    key = facts.get("cache_key", _ABSENT) if isinstance(facts, dict) else _ABSENT
+    path = _lookup(config, "data.file_path")
+    file = (facts.get("file") if isinstance(facts, dict) else None) or path
+    if file is _ABSENT or file is None:
+        shown = "?"
+    elif file == "":
+        shown = "embedded corpus"
+    else:
+        shown = Path(str(file)).name or str(file)
+    if key is not _ABSENT:
+        shown += f" [{str(key)[:8]}]"
+    return key, path, shown
+
+
+def _incomparable(done: Sequence[Any]) -> list[str]:
+    """The evaluation keys that differ between the runs ``done`` (those with a config), each as
+    "KEY differs (VARIANT: VALUE; ...)"; empty when all were evaluated alike."""
+    runs = [r for r in done if isinstance(r.config, dict)]
+    if len(runs) < 2:
+        return []
+    data = {r.name: _data_facts(r.config) for r in runs}
+    by_content = all(key is not _ABSENT for key, _, _ in data.values())
+    values: dict[str, list[tuple[Any, Any, str]]] = {}  # label -> (run, value, shown)
+    label = DATA_CONTENT if by_content else "data.file_path"
+    values[label] = [(r, data[r.name][0 if by_content else 1], data[r.name][2]) for r in runs]
+    for key in EVAL_KEYS:
+        values[key] = [(r, v, _shown(v)) for r in runs for v in [_lookup(r.config, key)]]
+    out = []
+    for label, triples in values.items():
+        known = [(r, v, shown) for r, v, shown in triples if v is not _ABSENT]
+        if len({_hashable(v) for _, v, _ in known}) <= 1:
+            continue
+        per_variant: dict[str, dict[str, list[str]]] = {}  # variant -> shown value -> run names
+        for r, _, shown in known:
+            per_variant.setdefault(r.variant, {}).setdefault(shown, []).append(r.name)
+        parts = []
+        for variant, shown_runs in per_variant.items():
+            if len(shown_runs) == 1:
+                parts.append(f"{variant}: {next(iter(shown_runs))}")
+            else:
+                parts.append(
+                    f"{variant}: " + ", ".join(f"{v} ({', '.join(names)})" for v, names in shown_runs.items())
+                )
+        out.append(f"{label} differs ({'; '.join(parts)})")
+    return out
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if value == "" or value is None else str(value)
+
+
+def _hashable(value: Any) -> Any:
+    return repr(value) if isinstance(value, dict | list) else value
+
+
+def _incomparable_note(diffs: Sequence[str]) -> str:
+    return (
+        "NOT COMPARABLE: the held-out NLLs were measured on different held-out windows, so the "
+        f"differences and the ranking mean nothing: {'; '.join(diffs)}."
     )
 
 
@@ -140,7 +278,9 @@ def build_report(engine: Engine, study: str | None) -> Report:
     """Aggregate the completed runs of ``study`` (default: the latest planned) over seeds.
 
     Reads only the database. Raises StudyError when the study is unknown or has no completed
-    run with a final NLL."""
+    run with a final NLL. Where the runs in the table were evaluated differently (the keys of
+    ``EVAL_KEYS`` or the data file's content differ), ``Report.incomparable`` says how and the
+    first note says that the final NLLs are not comparable; the report is still built."""
     import pandas as pd
     from sqlalchemy import select
 
@@ -153,6 +293,7 @@ def build_report(engine: Engine, study: str | None) -> Report:
         done = [r for r in runs if _usable(r)[0]]
         if not done:
             raise _no_runs_error(name, runs)
+        incomparable = _incomparable(done)
         planned: dict[str, int] = {}
         features: dict[str, str] = {}
         for r in runs:
@@ -177,6 +318,8 @@ def build_report(engine: Engine, study: str | None) -> Report:
     if reference is None and "baseline" in planned:  # collected studies have no planned reference
         reference = "baseline"
     table, notes = _aggregate(finals, missing, planned, features, reference)
+    if incomparable:  # first: it voids every comparison below it
+        notes.insert(0, _incomparable_note(incomparable))
     if reference is not None and reference not in planned:
         reference = None
 
@@ -194,6 +337,7 @@ def build_report(engine: Engine, study: str | None) -> Report:
         runs=finals,
         variants=list(planned),
         out_dir=out_dir,
+        incomparable=incomparable,
     )
 
 
@@ -367,8 +511,18 @@ def _legend_line(report: Report) -> str:
     return (
         "Final held-out NLL in nats/token at the last step (lower is better), mean and sample std "
         f"over seeds; Δ = difference in mean vs the reference ({ref}), with its 95% CI; "
-        "* the CI excludes 0."
+        "* the CI excludes 0. tokens/s depends on the machine and its load at the time of each run."
     )
+
+
+def _incomparable_line(report: Report, *, details: bool = False) -> str:
+    """For a caption: "NOT COMPARABLE: ... (data.block_size differs)", or with ``details``
+    "NOT COMPARABLE: ...: data.block_size differs (baseline: 64; rope: 32)"."""
+    head = "NOT COMPARABLE: the runs' held-out NLLs were measured on different held-out windows"
+    if details:
+        return f"{head}: {'; '.join(report.incomparable)}"
+    keys = [d.split(" differs", 1)[0] for d in report.incomparable]
+    return f"{head} ({', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'})"
 
 
 def _fitting_table_class() -> type:
@@ -377,6 +531,7 @@ def _fitting_table_class() -> type:
     import copy
 
     from rich.table import Table
+    from rich.text import Text
 
     class FittingTable(Table):
         def __init__(self, *args: Any, droppable: Sequence[int] = (), **kwargs: Any) -> None:
@@ -393,7 +548,9 @@ def _fitting_table_class() -> type:
                 table = copy.copy(table)
                 table.columns = [c for c in table.columns if c is not self.columns[index]]
             if hidden:
-                table.caption = f"{self.caption} Hidden, for lack of width: {', '.join(hidden)}."
+                caption = Text.assemble(self.caption or "")  # a str or a Text, styles kept
+                caption.append(f" Hidden, for lack of width: {', '.join(hidden)}.")
+                table.caption = caption
             yield from Table.__rich_console__(table, console, options)
 
     return FittingTable
@@ -411,12 +568,19 @@ def render_table(report: Report) -> Table:
     from rich.text import Text
 
     ref = report.reference or "reference"
+    title = Text(f"Study {report.study}: final held-out NLL (nats/token, lower is better)")
+    caption = Text()
+    if not report.comparable:
+        title.append(" NOT COMPARABLE", style="bold red")
+        caption.append(f"{_incomparable_line(report)}; see the notes.\n", style="bold red")
+    caption.append(
+        f"★ lowest mean final NLL. Δ: difference in mean final NLL vs {ref} with its 95% CI; "
+        "* CI excludes 0. ± : sample std over seeds; n/planned: seeds completed. "
+        "tokens/s depends on the machine and its load at the time of each run."
+    )
     table: Table = _FittingTable(
-        title=f"Study {report.study}: final held-out NLL (nats/token, lower is better)",
-        caption=(
-            f"Δ: difference in mean final NLL vs {ref} with its 95% CI; * CI excludes 0. "
-            "± : sample std over seeds; n/planned: seeds completed."
-        ),
+        title=title,
+        caption=caption,
         caption_justify="left",
         droppable=(8, 7, 6, 5, 1),  # tokens/s, params, train loss, CI method, features
     )
@@ -532,6 +696,8 @@ def _latex(report: Report) -> str:
         rf"mean $\pm$ sample std over $n$ seeds; $\Delta$: difference in mean vs {ref} with its 95\% "
         r"confidence interval; $^{*}$: the interval excludes 0."
     )
+    if not report.comparable:
+        caption += r" \textbf{" + _latex_escape(_incomparable_note(report.incomparable)) + "}"
     head = f"% reatt report, study {report.study}: needs \\usepackage{{booktabs}}\n"
     return head + str(
         frame.to_latex(
@@ -551,9 +717,15 @@ def to_text(report: Report, fmt: str) -> str:
         frame = _display_frame(report)
         align = ["left" if c in (COL_VARIANT, COL_FEATURES, COL_METHOD) else "right" for c in frame.columns]
         body = frame.to_markdown(index=False, disable_numparse=True, colalign=align)
-        parts = [f"# Final held-out NLL: study `{report.study}`", "", _legend_line(report), "", body]
-        if report.notes:
-            parts += ["", *(f"- {note}" for note in report.notes)]
+        parts = [f"# Final held-out NLL: study `{report.study}`", ""]
+        notes = list(report.notes)
+        if not report.comparable:  # above the table, not among the notes under it
+            warning = _incomparable_note(report.incomparable)
+            parts += [f"> **{warning}**", ""]
+            notes = [n for n in notes if n != warning]
+        parts += [_legend_line(report), "", body]
+        if notes:
+            parts += ["", *(f"- {note}" for note in notes)]
         return "\n".join(parts) + "\n"
     if fmt == "csv":
         return str(report.table.to_csv(index=False))

@@ -275,7 +275,10 @@ def state_from_files(
     if ended is not None:
         return ended
     if (work_dir / "ckpt.pt").exists():
-        return states.INTERRUPTED, "stopped with a checkpoint and no final.json; submit again to resume"
+        return (
+            states.INTERRUPTED,
+            "stopped with a checkpoint and no final.json; `reatt submit --resubmit-failed` resumes it",
+        )
     if not work_dir.exists():
         return states.UNKNOWN, "no run directory"
     return states.UNKNOWN, "no final.json"

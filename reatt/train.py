@@ -428,11 +428,17 @@ class Run:
         # data first: every data error is reported before any training starts
         train_ds = JSONLDataset(cfg.data, seed=cfg.system.seed)
         eval_cfg = copy.deepcopy(cfg.data)
-        eval_cfg.split = "test" if cfg.data.split == "train" else "train"
+        eval_cfg.split = "test"  # check_config holds data.split at "train"
         eval_ds = JSONLDataset(eval_cfg, seed=cfg.system.seed, tokenizer=train_ds.tokenizer)
         eval_x, eval_y = eval_ds.eval_windows(cfg.trainer.eval_windows)
         self.tokenizer = train_ds.tokenizer
         self.skipped_lines = train_ds.skipped_lines
+        if self.skipped_lines:
+            print(
+                f"warning: skipped {self.skipped_lines} bad line(s) of {train_ds.source_path} "
+                "(data.skip_bad_lines=True); the first ones are listed in config.json's meta.data",
+                file=sys.stderr,
+            )
 
         model = GPT(cfg.model, vocab_size=train_ds.vocab_size, block_size=cfg.data.block_size).to(device)
         self.model_info = model.describe()

@@ -1,6 +1,7 @@
 """The `reatt` CLI through Typer's runner: help, errors, and the README's flow end to end."""
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -114,7 +115,12 @@ def test_errors_are_one_line_exit_1_and_keep_brackets(tmp_path):
     )
     r = runner.invoke(app, ["status", "--db", str(tmp_path / "empty.db")])
     assert r.exit_code == 1
-    assert r.output == "Error: the database holds no study yet; run `reatt plan SPEC` first\n"
+    empty = tmp_path / "empty.db"
+    assert r.output == (
+        f"Error: no results database at {empty}: run `reatt plan SPEC` here first, "
+        "or point --db (or $REATT_DB) at yours\n"
+    )
+    assert not empty.exists()  # a read-only command leaves no empty database behind
     r = runner.invoke(app, ["submit", "--partition", "gpu", "--db", str(tmp_path / "r.db")])
     assert r.exit_code == 1 and r.output == "Error: --partition only apply with --cluster\n"
 
@@ -133,6 +139,16 @@ def test_readme_flow_end_to_end(tmp_path, monkeypatch):
     r = invoke("status", "--json")
     states = {s["name"]: s["state"] for s in json.loads(r.output)}
     assert states == {"baseline": "completed", "rope": "completed"}
+    narrow = subprocess.run(
+        [sys.executable, "-m", "reatt", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "60"},
+    )
+    assert narrow.returncode == 0 and "hidden for lack of width: job" in narrow.stdout
+    assert "baseline   completed" in narrow.stdout  # whole columns hidden, none cut
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 60
     r = invoke("collect")
     assert r.exit_code == 0 and "collected tiny: 2 run(s) read" in r.output
     r = invoke("report", "--plot", "--format", "csv")

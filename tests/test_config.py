@@ -119,6 +119,14 @@ def test_check_config_cross_key_errors():
         "trainer.max_iters=0 must be > 0",
     ):
         assert part in msg
+    cfg = get_default_config()
+    cfg.merge_from_args(["--data.split=test", "--trainer.betas=(0.9,1.5)", "--trainer.warmup_steps=2000"])
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg)
+    msg = str(e.value)
+    assert "data.split='test': the training program trains on the 'train' split" in msg
+    assert "trainer.betas=(0.9, 1.5): each must be in [0, 1)" in msg
+    assert "trainer.warmup_steps=2000 exceeds trainer.max_iters=1000" in msg
     explicit = get_default_config()
     explicit.merge_from_args(
         ["--model.model_type=", "--model.n_layer=2", "--model.n_head=3", "--model.n_embd=10"]

@@ -128,7 +128,7 @@ def test_real_study_in_parallel_with_a_failed_run_then_all_skipped(tmp_path, eng
 # ------------------------------------------------------------- a stand-in training program
 
 FAKE_TRAIN = r'''
-"""Stands in for reatt.train: writes a run directory; data.file_path picks the behaviour."""
+"""Stands in for reatt.train: writes a run directory; data.tokenizer picks the behaviour."""
 import json, os, signal, sys, time
 from pathlib import Path
 
@@ -136,7 +136,7 @@ from reatt.config import parse_value
 
 over = {k: parse_value(k, v) for k, v in (a[2:].split("=", 1) for a in sys.argv[1:])}
 wd = Path(over["system.work_dir"])
-mode = over.get("data.file_path", "")
+mode = over.get("data.tokenizer", "")
 wd.mkdir(parents=True, exist_ok=True)
 (wd / "args.txt").write_text("".join(a + "\n" for a in sys.argv[1:]))
 keep = ("OMP_NUM_THREADS", "GLIBC_TUNABLES", "PYTHONUNBUFFERED")
@@ -205,7 +205,7 @@ def fake_train(tmp_path, monkeypatch):
 
 def fake_study(tmp_path, engine, **modes: str) -> dict[str, Path]:
     runs = "".join(
-        f'\n[runs.{name}]\nfeatures = []\nset = {{ "data.file_path" = "{mode}" }}\n'
+        f'\n[runs.{name}]\nfeatures = []\nset = {{ "data.tokenizer" = "{mode}" }}\n'
         for name, mode in modes.items()
     )
     jobs = plan_spec(tmp_path, engine, FAKE_SPEC.format(out=tmp_path / "out", runs=runs))

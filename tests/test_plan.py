@@ -135,13 +135,32 @@ def test_validation_errors_name_file_and_key(tmp_path, snippet, message):
 
 def test_full_config_checked_per_run(tmp_path):
     """Keys can be valid alone and wrong together: each run's whole config is checked."""
-    bad = SPEC.format(name="x", matrix="standard", seeds="[1]", out=tmp_path).replace(
-        '"trainer.warmup_steps" = 5', '"trainer.warmup_steps" = 50'
-    )
+
+    def spec_with_warmup(n):
+        return SPEC.format(name="x", matrix="standard", seeds="[1]", out=tmp_path).replace(
+            '"trainer.warmup_steps" = 5', f'"trainer.warmup_steps" = {n}'
+        )
+
+    with pytest.raises(SpecError, match=r"run 'warmup': invalid config:\n  trainer.warmup_steps=50 exceeds"):
+        load_spec(write_spec(tmp_path, text=spec_with_warmup(50)))
+    # warmup alone may take all 20 steps; with cosine there would be none left to decay over
     with pytest.raises(
-        SpecError, match=r"run 'all': invalid config:\n  trainer.warmup_steps=50 leaves no steps"
+        SpecError, match=r"run 'all': invalid config:\n  trainer.warmup_steps=20 leaves no steps"
     ):
-        load_spec(write_spec(tmp_path, text=bad))
+        load_spec(write_spec(tmp_path, text=spec_with_warmup(20)))
+
+
+def test_relative_data_paths_become_absolute_and_must_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.jsonl").write_text('{"text": "hello"}\n')
+    text = '[study]\nname = "x"\n[base]\ndata.file_path = "data/c.jsonl"\ndata.cache_dir = "cache"\n'
+    spec = load_spec(write_spec(tmp_path, text=text))
+    assert spec.base["data.file_path"] == str(tmp_path / "data" / "c.jsonl")
+    assert spec.base["data.cache_dir"] == str(tmp_path / "cache")
+    missing = text.replace("data/c.jsonl", "data/nope.jsonl")
+    with pytest.raises(SpecError, match=r"\[base\]: data.file_path = 'data/nope.jsonl': no such file \(/"):
+        load_spec(write_spec(tmp_path, text=missing))
 
 
 def test_list_matrix_and_its_errors(tmp_path):
@@ -238,7 +257,10 @@ def test_changed_spec_refused_then_new_version_or_force(tmp_path, engine):
             'rope = { "model.rope" = true }', 'rope = { "model.rope" = true, "model.rope_base" = 500.0 }'
         )
     )
-    with pytest.raises(SpecError, match="was planned from a different spec.*--new-version.*--force"):
+    with pytest.raises(
+        SpecError,
+        match=r"different spec .*changed: features.rope.model.rope_base: '<unset>' -> 500.0\).*--new-version",
+    ):
         plan_study(load_spec(changed), engine)
     assert study_rows(engine, "demo")[0].spec_hash != load_spec(changed).spec_hash  # nothing changed
 

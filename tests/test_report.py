@@ -80,6 +80,7 @@ def add_study(
                 n_params_non_embedding=r.get("n_params_non_embedding", 90_000),
                 tokens_per_s=r.get("tokens_per_s", 2000.0),
                 wall_time_s=100.0,
+                config=r.get("config"),
             )
             run.metrics = [db.Metric(**m) for m in r.get("metrics", [])]
             study.runs.append(run)
@@ -115,9 +116,11 @@ def realistic_runs(
 
             metrics = [{"step": 0, "val_loss": expected(0), "tokens": 0, "lr": 0.0, "elapsed_s": 0.0}]
             for s in range(log_interval, steps + 1, log_interval):
+                # as in loss.csv: the mean over the steps since the previous row (at batch 1: noisy)
+                interval = sum(expected(t) for t in range(s - log_interval + 1, s + 1)) / log_interval
                 row = {
                     "step": s,
-                    "loss": expected(s) - 0.04 + rng.gauss(0.0, 0.22),  # 10-step mean at batch 1: noisy
+                    "loss": interval - 0.04 + rng.gauss(0.0, 0.22),
                     "tokens": s * TOKENS_PER_STEP,
                     "lr": 5e-4,
                     "elapsed_s": s * 0.12,
@@ -336,16 +339,211 @@ def test_reference_without_a_result(engine: Any) -> None:
 @pytest.mark.parametrize(
     "states,message",
     [
-        (["running", "running", "failed"], "no completed runs yet: 3 planned (2 running, 1 failed); wait"),
-        (["completed", "planned", "planned"], "run `reatt collect` first"),
-        (["planned", "failed", "planned"], "run `reatt submit`, then `reatt collect`"),
+        (
+            ["running", "running", "failed"],
+            "study 'demo': no run has completed yet (2 running, 1 failed); wait for them to finish",
+        ),
+        (
+            ["completed", "planned", "planned"],
+            "study 'demo': 1 of 3 runs completed but not collected yet (2 planned): "
+            "run `reatt collect` first",
+        ),
+        # `reatt submit` (local) records the states, `reatt collect` the results: "completed" is
+        # not "no completed runs"
+        (
+            ["completed"] * 6,
+            "study 'demo': 6 runs completed but none collected yet: run `reatt collect` first",
+        ),
+        (
+            ["planned", "failed", "planned"],
+            "study 'demo': no run has completed yet (2 planned, 1 failed); run ",
+        ),
+        (
+            ["failed", "timeout"],
+            "no run has completed yet (1 failed, 1 timeout); see `reatt status` for why, then",
+        ),
     ],
 )
 def test_no_completed_run_is_a_clear_error(engine: Any, states: list[str], message: str) -> None:
     add_study(engine, [{"variant": "baseline", "seed": i, "state": s} for i, s in enumerate(states)])
-    with pytest.raises(StudyError, match="study 'demo': no completed runs yet") as e:
+    with pytest.raises(StudyError) as e:
         build_report(engine, "demo")
     assert message in str(e.value)
+    if "planned" in states and "failed" in states:
+        assert "run `reatt submit`, then `reatt collect`" in str(e.value)
+    if "timeout" in states:
+        assert "`reatt submit --resubmit-failed`" in str(e.value)
+
+
+def test_completed_runs_without_a_usable_result_say_why(engine: Any) -> None:
+    import datetime as dt
+
+    add_study(
+        engine,
+        [
+            {"variant": "baseline", "seed": 1, "final_nll": math.inf},  # diverged
+            {"variant": "baseline", "seed": 2},  # completed, not collected
+            {"variant": "baseline", "seed": 3, "final_nll": math.nan},  # SQLite stores NaN as NULL
+            {"variant": "rope", "seed": 1, "state": "running"},
+        ],
+    )
+    with db.transaction(engine) as session:  # collected, all but seed 2
+        collected = [session.get(db.Run, run_id) for run_id in (1, 3)]
+        for run in collected:
+            assert run is not None
+            run.collected_at = dt.datetime(2026, 1, 1)
+            run.collect_error = "final.json: final_nll is NaN" if run.id == 3 else None
+    with pytest.raises(StudyError) as e:
+        build_report(engine, "demo")
+    assert str(e.value) == (
+        "study 'demo': 3 of 4 runs completed, but none has a usable final NLL: 1 not collected yet; "
+        "1 diverged (final NLL inf); 1 collected without a final NLL (final.json: final_nll is NaN) "
+        "(1 running); run `reatt collect` first"
+    )
+
+
+def run_config(
+    *,
+    file: str = "",
+    cache_key: str | None = "8c75aa521e0adc63dae7761d",
+    block_size: int = 64,
+    eval_windows: int = 64,
+    seed: int = 1,
+    **data: Any,
+) -> dict[str, Any]:
+    """A run's config.json as `python -m reatt.train` writes it (the keys the report reads, and a
+    few it must ignore). ``cache_key=None``: an old config without the data facts in meta."""
+    facts = {
+        "file": file or "/root/.cache/reatt/corpus/python-docs-3.11.7-v1.jsonl",
+        "embedded_corpus": not file,
+        "cache_key": cache_key,
+        "split": "test",
+        "block_size": block_size,
+    }
+    meta: dict[str, Any] = {"reatt_version": "0.1.0", "device": "cpu", "started_at": f"2026-11-3{seed}"}
+    if cache_key is not None:
+        meta["data"] = {"train": {**facts, "split": "train"}, "eval": facts}
+    return {
+        "system": {"seed": seed, "work_dir": f"/tmp/runs/{seed}", "num_threads": 0},
+        "data": {
+            "file_path": file,
+            "split": "train",
+            "test_size": 0.1,
+            "split_seed": 1234,
+            "block_size": block_size,
+            "tokenizer": "gpt2",
+            "cache_dir": "",
+            "skip_bad_lines": False,
+            **data,
+        },
+        "model": {"model_type": "gpt-nano", "rope": False},
+        "trainer": {"max_iters": 1000, "eval_windows": eval_windows, "learning_rate": 5e-4},
+        "meta": meta,
+    }
+
+
+def with_configs(runs: list[dict[str, Any]], **by_variant: dict[str, Any]) -> list[dict[str, Any]]:
+    """``runs`` with a config each: run_config(**by_variant[variant], seed=seed)."""
+    return [dict(r, config=run_config(seed=r["seed"], **by_variant.get(r["variant"], {}))) for r in runs]
+
+
+def test_runs_evaluated_alike_are_comparable(engine: Any) -> None:
+    # what may differ: the seed, the work dir, the model, the training file's path (same content)
+    runs = with_configs(HAND, rope={"file": "/elsewhere/python-docs.jsonl"})
+    runs[4]["config"]["model"]["rope"] = True
+    runs[5]["config"] = None  # no config.json (a run collected without one): not checked
+    add_study(engine, runs)
+    report = build_report(engine, "demo")
+    assert report.comparable and report.incomparable == []
+    assert not any("NOT COMPARABLE" in n for n in report.notes)
+    assert "NOT COMPARABLE" not in to_text(report, "markdown") + to_text(report, "table")
+
+
+def test_runs_evaluated_on_different_windows_are_flagged_not_refused(engine: Any, tmp_path: Path) -> None:
+    """The new user's study: baseline on the embedded corpus at block 64, rope on another
+    JSONL at block 32; rope looked 2.8 nats better, "best", with no warning."""
+    runs = [
+        {"variant": "baseline", "seed": 1, "final_nll": 5.2},
+        {"variant": "rope", "seed": 1, "final_nll": 2.4},
+    ]
+    runs = with_configs(
+        runs, rope={"file": "/data/mine.jsonl", "cache_key": "1f2e3d4c5b6a79880716", "block_size": 32}
+    )
+    add_study(engine, runs, name="mix", matrix="collected")
+    report = build_report(engine, "mix")
+    assert len(report.table) == 2 and report.best == "rope"  # still reported
+    assert not report.comparable
+    assert report.incomparable == [
+        "data file content differs (baseline: python-docs-3.11.7-v1.jsonl [8c75aa52]; "
+        "rope: mine.jsonl [1f2e3d4c])",
+        "data.block_size differs (baseline: 64; rope: 32)",
+    ]
+    note = report.notes[0]  # first: it voids the others
+    assert note.startswith("NOT COMPARABLE: the held-out NLLs were measured on different held-out windows")
+    assert "data.block_size differs (baseline: 64; rope: 32)" in note
+
+    table = " ".join(to_text(report, "table").split())
+    assert "final held-out NLL (nats/token, lower is better) NOT COMPARABLE" in table
+    assert (
+        "NOT COMPARABLE: the runs' held-out NLLs were measured on different held-out windows "
+        "(data file content, data.block_size differ); see the notes." in table
+    )
+    md = to_text(report, "markdown")
+    top = md.split("| variant")[0]  # above the table
+    assert f"> **{note}**" in top
+    assert md.count("NOT COMPARABLE: the held-out") == 1  # not repeated among the notes
+    assert r"\textbf{NOT COMPARABLE" in to_text(report, "latex")
+
+    from rich.console import Console
+
+    narrow = Console(width=70, record=True, file=io.StringIO())
+    narrow.print(render_table(report))  # the caption keeps the warning when columns are hidden
+    narrow_text = " ".join(narrow.export_text().split())
+    assert "NOT COMPARABLE: the runs'" in narrow_text and "Hidden, for lack of width" in narrow_text
+
+    from reatt.plots import plot_final_nll
+
+    caption = " ".join(t.get_text() for t in plot_final_nll(report).texts)  # supxlabel is one
+    assert "NOT COMPARABLE" in caption and "data.block_size differs (baseline: 64; rope: 32)" in caption
+
+
+def test_comparability_keys_and_values_per_variant(engine: Any) -> None:
+    runs = with_configs(
+        HAND + [{"variant": "swiglu", "seed": 1, "final_nll": 5.1}],
+        rope={"tokenizer": "gpt2-medium", "test_size": 0.2},
+        swiglu={"cache_key": None, "eval_windows": 16, "split_seed": 7},
+    )
+    runs[2]["config"]["trainer"]["eval_windows"] = 32  # baseline seed 3 differs from its seeds 1, 2
+    add_study(engine, runs)
+    report = build_report(engine, "demo")
+    # a config without the cache key in meta: the data files are compared by data.file_path
+    assert report.incomparable == [
+        "data.tokenizer differs (baseline: gpt2; rope: gpt2-medium; swiglu: gpt2)",
+        "data.test_size differs (baseline: 0.1; rope: 0.2; swiglu: 0.1)",
+        "data.split_seed differs (baseline: 1234; rope: 1234; swiglu: 7)",
+        "trainer.eval_windows differs (baseline: 64 (baseline-s1, baseline-s2), 32 (baseline-s3); "
+        "rope: 64; swiglu: 16)",
+    ]
+
+
+def test_comparability_by_file_path_without_the_cache_key(engine: Any) -> None:
+    runs = with_configs(
+        HAND, baseline={"cache_key": None}, rope={"cache_key": None, "file": "/d/other.jsonl"}
+    )
+    add_study(engine, runs)
+    report = build_report(engine, "demo")
+    assert report.incomparable == ["data.file_path differs (baseline: embedded corpus; rope: other.jsonl)"]
+
+
+def test_report_dir_planned_and_collected(engine: Any) -> None:
+    from reatt.collect import COLLECTED_MATRIX
+    from reatt.report import COLLECTED_MATRIX as REPORT_COLLECTED
+
+    assert REPORT_COLLECTED == COLLECTED_MATRIX
+    add_study(engine, HAND)  # out_dir /tmp/out
+    add_study(engine, HAND, name="mix", matrix="collected", reference=None)
+    assert build_report(engine, "demo").report_dir == Path("/tmp/out/demo/report")
+    assert build_report(engine, "mix").report_dir == Path("/tmp/out/report")  # not /tmp/out/mix/report
 
 
 def test_unknown_study(engine: Any) -> None:
@@ -365,6 +563,9 @@ def test_rich_table_highlights_best_and_marks_ci(engine: Any) -> None:
     assert "★ rope" in text
     assert f"−0.030 [−{0.03 + HALF:.3f}, −{0.03 - HALF:.3f}] *" in text  # excludes 0
     assert "0.000 (reference)" in text
+    caption = " ".join(text.split())
+    assert "★ lowest mean final NLL." in caption
+    assert "tokens/s depends on the machine and its load at the time of each run." in caption
 
 
 def test_narrow_terminal_hides_secondary_columns_never_cuts_numbers(engine: Any) -> None:
@@ -454,6 +655,126 @@ def test_plots_with_one_seed_steps_only_and_a_failed_variant(engine: Any, tmp_pa
     assert "no run" in to_text(report, "table")
     paths = write_report(report, tmp_path / "new" / "dir", formats=(), plot=True)  # creates the dir
     assert len(paths) == 4 and all(p.stat().st_size > 1000 for p in paths)
+
+
+def descent(s: float, speed: float = 1.0) -> float:
+    """A noiseless fast descent, as at the start of a run: from 10.8 to 5 within ~100 steps."""
+    return 5.0 + 5.8 * math.exp(-s * speed / 35)
+
+
+def descent_runs(rows: list[int], speed: dict[str, float]) -> list[dict[str, Any]]:
+    """One seed per variant, a loss.csv row at each step of ``rows`` (0 first): ``loss`` the
+    mean over the steps since the previous row, ``val_loss`` measured at the row's step."""
+    out = []
+    for variant, k in speed.items():
+        metrics = [{"step": 0, "val_loss": descent(0, k), "tokens": 0}]
+        for prev, step in zip(rows, rows[1:], strict=False):
+            loss = sum(descent(t, k) for t in range(prev + 1, step + 1)) / (step - prev)
+            metrics.append(
+                {"step": step, "loss": loss, "val_loss": descent(step, k), "tokens": step * TOKENS_PER_STEP}
+            )
+        out.append({"variant": variant, "seed": 1, "final_nll": descent(rows[-1], k), "metrics": metrics})
+    return out
+
+
+def test_training_loss_is_drawn_at_the_middle_of_the_steps_it_averages(engine: Any) -> None:
+    """loss.csv's loss is the mean since the previous row: drawn at the row's own step, a fast
+    descent put it far above the held-out dots measured there (it looked like leakage)."""
+    import numpy as np
+    from matplotlib.collections import PathCollection
+
+    from reatt.plots import plot_loss_curves
+
+    add_study(engine, descent_runs(list(range(0, 121, 10)), {"baseline": 1.0}))
+    report = build_report(engine, "demo")
+    fig = plot_loss_curves(report)
+    ax = fig.axes[0]  # whole run, log x
+    (line,) = ax.get_lines()
+    xs, ys = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+    assert xs[0] == 5 * TOKENS_PER_STEP  # the middle of steps 1..10, not step 10
+    np.testing.assert_allclose(np.diff(xs), 10 * TOKENS_PER_STEP)
+    (dots,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    dx, dy = np.asarray(dots.get_offsets()).T
+    inside = (dx >= xs[0]) & (dx <= xs[-1])
+    assert inside.sum() >= 10
+    gap = np.abs(np.interp(dx[inside], xs, ys) - dy[inside])
+    assert gap.max() < 0.06, gap  # on the line, within the curvature of a 10-step mean
+    # drawn at the rows' own steps, the line sat far above the dots during the descent
+    old = np.abs(np.interp(dx[inside], xs + 5 * TOKENS_PER_STEP, ys) - dy[inside])
+    assert old.max() > 0.5
+    title = " ".join(t.get_text() for t in fig.texts)  # the suptitle is one
+    assert "mean of each logging interval (10 steps) drawn at its midpoint; not smoothed" in title
+    assert "dots: held-out NLL at the step it was measured" in title
+
+
+def test_training_lines_average_over_steps_and_sit_at_their_middle() -> None:
+    import pandas as pd
+
+    from reatt.plots import _training_lines
+
+    # rows at steps 0, 10, 20, 25 (an evaluation between two log rows), 30; tokens = 2 x step
+    c = pd.DataFrame(
+        {
+            "run": "r",
+            "variant": "v",
+            "step": [0, 10, 20, 25, 30],
+            "tokens": [0, 20, 40, 50, 60],
+            "loss": [math.nan, 8.0, 6.0, 5.0, 4.0],
+        }
+    )
+    one = _training_lines(c, "tokens", 1)
+    assert list(one["step"]) == [10, 20, 25, 30]
+    assert list(one["x"]) == [10.0, 30.0, 45.0, 55.0]  # middle of (prev row, row], in tokens
+    assert list(one["smooth"]) == [8.0, 6.0, 5.0, 4.0]
+    three = _training_lines(c, "step", 3)  # half-width 0 at row 0, 1 from row 2 on, cut at the end
+    # row 2 (step 25): rows 1..3 = steps 11..30 (widths 10, 5, 5): the mean over those 20 steps
+    assert three["smooth"].iloc[2] == pytest.approx((6.0 * 10 + 5.0 * 5 + 4.0 * 5) / 20)
+    assert three["x"].iloc[2] == pytest.approx(20.0)  # the middle of (10, 30]
+    assert three["x"].iloc[0] == 5.0 and three["smooth"].iloc[0] == 8.0
+    # the last row: its window cut to rows 2..3 (steps 21..30), drawn at their middle, not at 27.5
+    assert (three["x"].iloc[3], three["smooth"].iloc[3]) == (25.0, 4.5)
+
+
+def test_loss_curve_title_ticks_and_dots(engine: Any) -> None:
+    import numpy as np
+    from matplotlib.collections import PathCollection
+
+    from reatt.plots import _log_ticks, plot_loss_curves
+
+    add_study(engine, realistic_runs(seeds=(1, 2), steps=200, eval_interval=50))
+    report = build_report(engine, "demo")
+    fig = plot_loss_curves(report)
+    title = " ".join(" ".join(t.get_text() for t in fig.texts).split())
+    # 20 rows a run: a window of 3 rows of 10 steps
+    assert (
+        "each point the mean over ≤30 steps (3 logging intervals of 10 steps; fewer at the start), "
+        "drawn at the middle of those steps" in title
+    )
+    assert "averaged over seeds (band: min–max over seeds)" in title
+
+    # the log-x panel of a run shorter than two decades: several labels, not one "10k"
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.xaxis.get_major_locator()() if lo <= t <= hi]
+    labels = ax.xaxis.get_major_formatter().format_ticks(ticks)
+    assert labels == ["2k", "5k", "10k", "20k", "50k"]
+
+    # the held-out dots: small, a little transparent, the reference's under the others
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    alphas = [d.get_alpha() for d in dots]
+    assert len(dots) == 7 and all(a is not None and a < 1 for a in alphas)
+    ref = [d for d in dots if tuple(np.asarray(d.get_facecolor())[0, :3]) == pytest.approx((0.1, 0.1, 0.1))]
+    assert len(ref) == 1 and ref[0].get_zorder() == min(d.get_zorder() for d in dots)
+
+    # a long run: one label per decade, not a crowd
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(300, 3e8)
+    _log_ticks(ax, 300, 3e8)
+    ticks = [t for t in ax.xaxis.get_major_locator()() if 300 <= t <= 3e8]
+    assert ax.xaxis.get_major_formatter().format_ticks(ticks) == ["1k", "10k", "100k", "1M", "10M", "100M"]
 
 
 def test_realistic_study_numbers(engine: Any) -> None:
