@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reatt.errors import StudyError
+from reatt.rundir import one_line
 from reatt.stats import Diff, compare, mean, std, welch_diff
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,7 +169,7 @@ def _no_runs_error(name: str, runs: Sequence[Any]) -> StudyError:
         if unread:
             why = next((r.collect_error for r in unread if r.collect_error), None)
             problems.append(
-                f"{len(unread)} collected without a final NLL" + (f" ({_short(why)})" if why else "")
+                f"{len(unread)} collected without a final NLL" + (f" ({one_line(why, 80)})" if why else "")
             )
         hint = "run `reatt collect` first" if uncollected else "see `reatt status` and the runs' final.json"
         return StudyError(
@@ -392,7 +393,7 @@ def _aggregate(
         )
         if len(nll) < planned[v]:
             gone = "; ".join(
-                f"{row.run} {row.state}" + (f": {_short(row.reason)}" if row.reason else "")
+                f"{row.run} {row.state}" + (f": {one_line(row.reason, 80)}" if row.reason else "")
                 for row in missing[missing["variant"] == v].itertuples()
             )
             if nll:
@@ -445,11 +446,6 @@ def _diff(runs: pd.DataFrame, ref_runs: pd.DataFrame) -> tuple[Diff, tuple[int, 
 
 def _first(values: Sequence[Any]) -> Any:
     return next((v for v in values if v is not None), None)
-
-
-def _short(text: str, width: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ------------------------------------------------------------------------------- formatting

@@ -37,7 +37,7 @@ from reatt.config import (
     help_rows,
 )
 from reatt.errors import ReattError, RunDirError
-from reatt.rundir import LOSS_COLUMNS, read_loss_csv, this_host
+from reatt.rundir import LOSS_COLUMNS, read_json, read_loss_csv, this_host
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -335,7 +335,7 @@ class Run:
         cfg_path = self.dir / "config.json"
         if cfg_path.exists():
             try:
-                old = json.loads(cfg_path.read_text())
+                old = read_json(cfg_path) or {}
             except (OSError, ValueError) as e:
                 raise RunDirError(
                     f"{cfg_path}: unreadable ({e}); move it away or use another system.work_dir"
@@ -352,12 +352,11 @@ class Run:
             raise RunDirError(
                 f"{self.dir} has ckpt.pt but no config.json; cannot tell which run it belongs to"
             )
-        if self.final_path.exists():
-            try:
-                final = json.loads(self.final_path.read_text())
-            except (OSError, ValueError):
-                final = {}
-            self.already_completed = final.get("status") == "completed"
+        try:
+            final = read_json(self.final_path) or {}
+        except (OSError, ValueError):  # unreadable: not a completed run
+            final = {}
+        self.already_completed = final.get("status") == "completed"
 
     # --- signals ---
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
