@@ -1,14 +1,14 @@
 """Benchmark `reatt collect` (and `reatt report`) on a synthetic study.
 
 Plans a study of --runs runs (a "list" matrix of --runs/--seeds variants x --seeds seeds) with
-the real `plan.plan_study`, writes each run directory as the training program would
+the real `plan_study`, writes each run directory as the training program would
 (args.txt, config.json, a loss.csv of --steps logged steps, final.json), then, --reps times on a
 fresh copy of the planned database:
 
 1. the first collect (every run read: metric rows per second),
 2. a second collect (every run unchanged),
 3. `reatt report` (the CLI in a subprocess, as a user runs it, imports included), unless
-   reatt.report is missing or --no-report.
+   reatt.report.build is missing or --no-report.
 
 It also times the CLI's start: `reatt --help` and `reatt plan` (which must not pay for
 importing torch), beside `python -c "import torch"` for scale.
@@ -36,9 +36,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reatt import db, plan  # noqa: E402
-from reatt.collect import collect  # noqa: E402
-from reatt.config import get_default_config  # noqa: E402
+from reatt.study import store as db  # noqa: E402
+from reatt.study.collect import collect  # noqa: E402
+from reatt.study.plan import plan_study  # noqa: E402
+from reatt.study.spec import JobSpec, load_spec  # noqa: E402
+from reatt.training.config import get_default_config  # noqa: E402
 
 
 def write_spec(path: Path, out_dir: Path, variants: int, seeds: int) -> None:
@@ -62,7 +64,7 @@ def write_spec(path: Path, out_dir: Path, variants: int, seeds: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_run(job: plan.JobSpec, steps: int, base_config: dict) -> int:
+def write_run(job: JobSpec, steps: int, base_config: dict) -> int:
     """The files of one completed run; returns the bytes of its loss.csv."""
     work = Path(job.work_dir)
     work.mkdir(parents=True)
@@ -157,9 +159,9 @@ def main() -> int:
         planned_db = tmp / "planned.db"
         planned_db.unlink(missing_ok=True)
         shutil.rmtree(tmp / "out", ignore_errors=True)
-        t_plan, spec = timed(lambda: plan.load_spec(spec_path))
+        t_plan, spec = timed(lambda: load_spec(spec_path))
         engine = db.open_db(planned_db)
-        t_plan2, res = timed(lambda: plan.plan_study(spec, engine))
+        t_plan2, res = timed(lambda: plan_study(spec, engine))
         engine.dispose()
         base_config = get_default_config().to_dict()
         t_write, sizes = timed(lambda: [write_run(j, args.steps, base_config) for j in res.jobs])
@@ -176,9 +178,9 @@ def main() -> int:
         have_report = not args.no_report
         if have_report:
             try:
-                import reatt.report  # noqa: F401
+                import reatt.report.build  # noqa: F401
             except ImportError as e:
-                print(f"reatt.report not importable ({e}): skipping the report timing")
+                print(f"reatt.report.build not importable ({e}): skipping the report timing")
                 have_report = False
 
         first, second, report, report_plot, db_sizes = [], [], [], [], []

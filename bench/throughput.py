@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reatt.plan import GLIBC_TUNABLES  # noqa: E402
+from reatt.train import GLIBC_TUNABLES  # noqa: E402
 
 VOCAB = 50257
 
@@ -105,8 +105,9 @@ def reference_gpt(n_layer: int, n_head: int, n_embd: int, block_size: int, dropo
 
 
 def make_models(model_type: str, block: int, dropout: float) -> dict:
-    from reatt.config import MODEL_TYPES, get_default_config
-    from reatt.model import GPT
+    from reatt.training.config import get_default_config
+    from reatt.training.model import GPT
+    from reatt.training.schema import MODEL_TYPES
 
     n_layer, n_head, n_embd = MODEL_TYPES[model_type]
     base = get_default_config().model
@@ -127,7 +128,7 @@ def worker(model_type: str, block: int, batch: int, rounds: int, steps: int, dro
     """Interleaved rounds in this process: {impl: [tokens/s per round]}."""
     import torch
 
-    from reatt.config import get_default_config
+    from reatt.training.config import get_default_config
 
     torch.manual_seed(0)
     tc = get_default_config().trainer
@@ -136,7 +137,7 @@ def worker(model_type: str, block: int, batch: int, rounds: int, steps: int, dro
     x = torch.randint(0, VOCAB, (batch, block))
     y = torch.randint(0, VOCAB, (batch, block))
 
-    def step(name: str) -> None:  # the same step as reatt.trainer.Trainer.run
+    def step(name: str) -> None:  # the same step as reatt.training.trainer.Trainer.run
         model, opt = models[name], opts[name]
         _, loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -182,9 +183,9 @@ def run_worker(model_type: str, args: argparse.Namespace, tuned: bool) -> dict:
 
 def cache_build_speed(repeats: int) -> list[tuple[float, float]]:
     """(tokens/s, MB/s) of building the token cache of the embedded corpus, fresh each time."""
-    from reatt.corpus import embedded_corpus_path
-    from reatt.data import open_token_cache
-    from reatt.tokenizer import load_tokenizer
+    from reatt.training.cache import open_token_cache
+    from reatt.training.corpus import embedded_corpus_path
+    from reatt.training.tokenizer import load_tokenizer
 
     tok = load_tokenizer("gpt2")
     out = []

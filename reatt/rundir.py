@@ -1,36 +1,83 @@
-"""Reading a run directory (docs/run-directory.md) without torch: for status, collect, submit.
+"""The run directory (docs/run-directory.md): its every file format, written and read here.
 
-The training program writes these files; everything else in reatt reads them through here.
+The training program writes a run directory through this module (``LossLog``, ``FinalRecord``,
+``sample_block``, ``lock_work_dir``); status, collect and the executors read it through this
+module too (``read_loss_csv``, ``last_loss_row``, ``read_final``, ``attempt_text``), so the
+two sides cannot drift apart. The exit codes of ``python -m reatt.train`` and the attempt lines
+that launchers write into a job's logs are part of the same contract and are defined here.
+
+Nothing here imports torch or the database.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import os
 import re
-from dataclasses import dataclass
+import signal
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TextIO
 
-from reatt import states
+from reatt.errors import RunDirError
+from reatt.files import Held, LockBusy, parse_utc, this_host, try_lock, utc_iso, write_atomic
 
-LOSS_COLUMNS = ("step", "loss", "val_loss", "lr", "tokens", "elapsed_s")
-RUN_FILES = ("config.json", "final.json", "loss.csv", "args.txt")
+# ----------------------------------------------------------------------------------- names
+
+ARGS, CONFIG, LOSS, FINAL = "args.txt", "config.json", "loss.csv", "final.json"
+CHECKPOINT, SAMPLES, LOCK, TRAIN_LOG = "ckpt.pt", "samples.txt", ".lock", "train.log"
+RUN_FILES = (CONFIG, FINAL, LOSS, ARGS)  # what collect fingerprints to skip unchanged runs
+RUN_MARKERS = (CONFIG, LOSS, FINAL)  # a directory holding one of these is a run
+
+# -------------------------------------------------------- exit codes of python -m reatt.train
+
+EXIT_OK = 0  # completed (or already completed in this work dir)
+EXIT_FAILED = 1  # the run failed; final.json says why
+EXIT_USAGE = 2  # bad config or command line, or the work dir is locked; nothing was written
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a stop signal came, ckpt.pt is saved; start again to resume
+EXIT_KILLED_BY_USR1 = 128 + int(signal.SIGUSR1)  # how a shell reports a USR1 before the handler is set
+
+# --------------------------------------------------------------------------------- loss.csv
+
+
+class LossRow(NamedTuple):
+    """One loss.csv row (its columns, in order); empty fields are None."""
+
+    step: int
+    loss: float | None
+    val_loss: float | None
+    lr: float | None
+    tokens: int | None
+    elapsed_s: float | None
+
+
+LOSS_COLUMNS = LossRow._fields  # the header
+_FORMATS = ("d", ".6f", ".6f", ".6e", "d", ".3f")  # how each column is written
+_KINDS = (int, float, float, float, int, float)  # and read back
+
+
+def format_loss_row(row: LossRow) -> list[str]:
+    """The fields of a loss.csv row as written (empty for None)."""
+    return ["" if v is None else format(v, f) for v, f in zip(row, _FORMATS, strict=True)]
+
+
+def parse_loss_row(values: list[str]) -> LossRow:
+    """A loss.csv row from its fields; ValueError if one is not a number of its column's type
+    (the step is never empty)."""
+    step, *rest = values
+    return LossRow(int(step), *(k(t) if t != "" else None for k, t in zip(_KINDS[1:], rest, strict=True)))
 
 
 @dataclass
 class LossRows:
     """The complete rows of a loss.csv, and what was wrong with the rest."""
 
-    rows: list[tuple[int, float | None, float | None, float | None, int | None, float | None]]
+    rows: list[LossRow]
     truncated: bool  # the last line had no newline (a run still writing, or killed): ignored
     problems: list[str]  # malformed lines, each "loss.csv:LINE: reason"
-
-
-def _num(text: str, kind: type) -> Any:
-    return kind(text) if text != "" else None
 
 
 def read_loss_csv(path: Path) -> LossRows:
@@ -52,37 +99,13 @@ def read_loss_csv(path: Path) -> LossRows:
             problems.append(f"{path.name}:{lineno}: {len(row)} fields, expected {len(LOSS_COLUMNS)}")
             continue
         try:
-            rows.append(
-                (
-                    int(row[0]),
-                    _num(row[1], float),
-                    _num(row[2], float),
-                    _num(row[3], float),
-                    _num(row[4], int),
-                    _num(row[5], float),
-                )
-            )
+            rows.append(parse_loss_row(row))
         except ValueError as e:
             problems.append(f"{path.name}:{lineno}: {e}")
     return LossRows(rows, truncated, problems)
 
 
-def read_tail(path: Path, max_bytes: int = 64 * 1024) -> str | None:
-    """The last ``max_bytes`` of a text file, from its first whole line on; None if unreadable."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            start = max(0, f.tell() - max_bytes)
-            f.seek(start)
-            data = f.read()
-    except OSError:
-        return None
-    if start > 0:  # began mid-line: drop that partial line
-        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
-    return data.decode("utf-8", errors="replace")
-
-
-def last_loss_row(path: Path, max_bytes: int = 64 * 1024) -> dict[str, Any] | None:
+def last_loss_row(path: Path, max_bytes: int = 64 * 1024) -> LossRow | None:
     """The last complete row of a loss.csv (reading only its tail), or None."""
     tail = read_tail(path, max_bytes)
     if tail is None:
@@ -91,19 +114,160 @@ def last_loss_row(path: Path, max_bytes: int = 64 * 1024) -> dict[str, Any] | No
     for line in reversed(lines):
         row = next(csv.reader([line]), [])
         if len(row) == len(LOSS_COLUMNS) and row[0].isdigit():
-            return {
-                "step": int(row[0]),
-                "loss": _num(row[1], float),
-                "val_loss": _num(row[2], float),
-                "elapsed_s": _num(row[5], float),
-            }
+            try:
+                return parse_loss_row(row)
+            except ValueError:
+                continue
     return None
 
 
-def one_line(text: object, width: int = 200) -> str:
-    """``text`` on one line (whitespace runs made one space), cut to ``width`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 1] + "\u2026"
+class LossLog:
+    """The writer of loss.csv: a header, then one row per log step, flushed as it goes.
+
+    On resume the complete rows up to the checkpoint's step are kept (parsed by
+    ``read_loss_csv``, written back in the same format), the rest dropped: rows after the
+    checkpoint, a torn last line, and malformed lines (reported in ``problems``).
+    """
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        self.rows: list[LossRow] = []  # the rows kept on resume
+        self.problems: list[str] = []  # malformed lines dropped on resume
+        if resume_step is not None:
+            self._keep_rows_up_to(resume_step)
+        buf = io.StringIO()  # the header and the kept rows, replacing the file atomically
+        writer = csv.writer(buf)
+        writer.writerow(LOSS_COLUMNS)
+        writer.writerows(format_loss_row(row) for row in self.rows)
+        write_atomic(self.path, buf.getvalue())
+        self.file: TextIO = open(path, "a", newline="")
+        self.writer = csv.writer(self.file)
+
+    def _keep_rows_up_to(self, step: int) -> None:
+        try:
+            if self.path.stat().st_size == 0:  # created, then killed before the header: no rows
+                return
+            parsed = read_loss_csv(self.path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            raise RunDirError(
+                f"cannot resume: {e}; move {self.path} aside to resume without its rows, "
+                f"or remove {self.path.parent} to start over"
+            ) from None
+        self.rows = [r for r in parsed.rows if r.step <= step]
+        self.problems = parsed.problems
+
+    def loss_at(self, step: int) -> float | None:
+        """The ``loss`` of the kept row at ``step``, if any."""
+        return next((row.loss for row in reversed(self.rows) if row.step == step), None)
+
+    def write(self, row: LossRow) -> None:
+        self.writer.writerow(format_loss_row(row))
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# ------------------------------------------------------------------------------- final.json
+
+FINAL_COMPLETED, FINAL_FAILED = "completed", "failed"  # the statuses a final.json holds
+
+
+@dataclass(frozen=True)
+class FinalRecord:
+    """final.json: how a run ended, written once (atomically) when it ends."""
+
+    status: Any  # FINAL_COMPLETED or FINAL_FAILED (anything, as read from a file)
+    final_nll: float | None = None  # held-out NLL at the last step: the run's answer
+    final_train_loss: float | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    wall_time_s: float | None = None
+    train_time_s: float | None = None
+    tokens_per_s: float | None = None  # training tokens per second of training-step time
+    mfu: float | None = None  # only where the device's peak FLOP/s is known, else null
+    flops_per_token: float | None = None
+    peak_flops: float | None = None
+    device: str | None = None
+    n_params: int | None = None
+    n_params_non_embedding: int | None = None
+    skipped_lines: int | None = None
+    error: str | None = None  # why it failed
+    finished_at: str | None = None  # ISO 8601, UTC
+
+    def write(self, work_dir: Path) -> None:
+        write_atomic(work_dir / FINAL, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> tuple[FinalRecord, list[str]]:
+        """The record in ``data`` (unknown keys ignored), and a problem for each numeric field
+        that holds something else (that field is then None)."""
+        values: dict[str, Any] = {}
+        problems = []
+        for f in fields(cls):
+            value = data.get(f.name, None if f.default is MISSING else f.default)
+            kinds = _NUMBER_KINDS.get(str(f.type))
+            if (
+                value is not None
+                and kinds is not None
+                and (isinstance(value, bool) or not isinstance(value, kinds))
+            ):
+                problems.append(f"{FINAL}: {f.name} = {value!r}, expected a number")
+                value = None
+            values[f.name] = value
+        return cls(**values), problems
+
+    @property
+    def completed(self) -> bool:
+        return self.status == FINAL_COMPLETED
+
+
+_NUMBER_KINDS: dict[str, tuple[type, ...]] = {"int | None": (int,), "float | None": (int, float)}
+
+
+@dataclass(frozen=True)
+class FinalFile:
+    """A final.json as found: its record, or why it cannot be read; and when it was written."""
+
+    record: FinalRecord | None  # None: unreadable
+    problem: str | None  # "final.json unreadable: ..." when it is
+    problems: list[str]  # fields of the wrong type (set to None in ``record``)
+    written_at: dt.datetime | None  # finished_at, else the file's mtime (naive UTC)
+
+    def written_before(self, since: dt.datetime | None) -> bool:
+        """Whether it was written before ``since`` (when the run's current attempt was submitted:
+        ``Run.submitted_at``). A resubmitted run's work dir keeps the failed attempt's final.json
+        until the new attempt starts and removes it: such a record says nothing of the job now
+        queued or running. Whole seconds, as finished_at: an attempt's own record is never taken
+        as older. False when ``since`` is None or no time can be read."""
+        if since is None or self.written_at is None:
+            return False
+        return self.written_at < since.replace(microsecond=0)
+
+
+def read_final(work_dir: Path) -> FinalFile | None:
+    """The run's final.json, or None without one. An unreadable one is a FinalFile saying why."""
+    path = work_dir / FINAL
+    record: FinalRecord | None = None
+    problems: list[str] = []
+    problem: str | None = None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:  # JSON and UnicodeDecodeError are ValueErrors
+        problem = f"{FINAL} unreadable: {e}"
+    else:
+        if data is None:
+            return None
+        record, problems = FinalRecord.from_json(data)
+    when = parse_utc(record.finished_at) if record is not None else None
+    if when is None:
+        try:
+            when = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).replace(tzinfo=None)
+        except OSError:
+            when = None
+    return FinalFile(record, problem, problems, when)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -118,6 +282,100 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
+# ------------------------------------------------------------------ samples.txt and .lock
+
+_SAMPLE_HEAD = re.compile(rb"^--- step (\d+) ---$", re.MULTILINE)
+
+
+def sample_block(step: int, text: str) -> str:
+    """One block of samples.txt: a head line ``--- step N ---``, then the sample."""
+    return f"--- step {step} ---\n{text}\n"
+
+
+def trim_samples(path: Path, step: int) -> None:
+    """Drop the blocks of samples.txt from steps after ``step``: a resumed run writes them again."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return
+    cut = next((m.start() for m in _SAMPLE_HEAD.finditer(text) if int(m.group(1)) > step), None)
+    if cut is not None:
+        write_atomic(path, text[:cut])
+
+
+def lock_work_dir(directory: Path) -> tuple[Held, str | None]:
+    """Take the work dir's exclusive ``.lock`` (holding "pid host" of this process) for a run.
+
+    Returns the hold, and a warning where the filesystem has no locks (then nothing stops a
+    second process). Raises RunDirError, writing nothing, when another process holds it.
+    """
+    try:
+        held, problem = try_lock(directory / LOCK, f"{os.getpid()} {this_host()}\n")
+    except LockBusy as e:
+        pid, host = (e.holder.split() + ["unknown", ""])[:2]
+        where = f" on {host}" if host and host != this_host() else ""
+        raise RunDirError(
+            f"{directory} is being trained by another process (pid {pid}{where}); "
+            "wait for it to end, or stop it first"
+        ) from None
+    if problem is None:
+        return held, None
+    return held, (
+        f"cannot lock {directory / LOCK} ({problem}): nothing stops another process from training "
+        "this work dir at the same time"
+    )
+
+
+# ---------------------------------------------------------------- logs and their attempts
+
+# Each attempt of a job first writes a line to its logs: train.log for a local run (Python
+# writes it, ``local_attempt_line``), a Slurm job's .out and .err (the sbatch template writes it,
+# from ``SLURM_ATTEMPT_SH``; a requeued job appends every attempt to the same files).
+SLURM_ATTEMPT_SH = (
+    "reatt: run $run, job $requeue_id, attempt $((${SLURM_RESTART_COUNT:-0} + 1)), "
+    "on $(hostname) at $(date -Is)"
+)
+ATTEMPT_LINE = re.compile(r"^reatt: run \S+, job \S+, attempt \d+\b.*$", re.MULTILINE)
+
+
+def local_attempt_line(command: str) -> str:
+    """The line a local launch appends to train.log before it starts ``command``."""
+    return f"=== reatt submit (local) {utc_iso()}: {command}\n"
+
+
+def read_tail(path: Path, max_bytes: int = 64 * 1024, start: int = 0) -> str | None:
+    """The last ``max_bytes`` of a text file from offset ``start`` on, from its first whole line
+    (where the tail begins mid-line, after ``start``); None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            begin = max(start, f.tell() - max_bytes)
+            f.seek(begin)
+            data = f.read()
+    except OSError:
+        return None
+    if begin > start:  # began mid-line: drop that partial line
+        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    return data.decode("utf-8", errors="replace")
+
+
+def attempt_text(log: Path | None, max_bytes: int = 64 * 1024) -> str:
+    """What the latest attempt wrote to a Slurm log: the text after the last attempt line
+    (``ATTEMPT_LINE``); the whole tail where there is none (a script from an older template).
+    Empty when there is no such file."""
+    text = read_tail(log, max_bytes) if log is not None else None
+    if not text:
+        return ""
+    starts = list(ATTEMPT_LINE.finditer(text))
+    return text[starts[-1].end() :] if starts else text
+
+
+# --------------------------------------------------------------------- the directory itself
+
+# run directories moved aside by ``archive`` (``--force``): superseded runs, never collected
+ARCHIVED_DIR = re.compile(r"\.(prev|replaced)-\d{8}T\d{6}\d*Z$")
+
+
 def fingerprint(work_dir: Path) -> dict[str, list[int]]:
     """(size, mtime_ns) of each run file present: what collect compares to skip unchanged runs."""
     out = {}
@@ -130,160 +388,6 @@ def fingerprint(work_dir: Path) -> dict[str, list[int]]:
     return out
 
 
-def _utc(text: Any) -> dt.datetime | None:
-    """An ISO 8601 time (``finished_at``) as a naive UTC datetime; None if it is not one."""
-    if not isinstance(text, str):
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return when  # without an offset: taken as UTC, as reatt writes every time
-
-
-def written_before(path: Path, final: dict[str, Any] | None, since: dt.datetime | None) -> bool:
-    """Whether the final.json at ``path`` (contents ``final``) was written before ``since``.
-
-    ``since`` is when the run's current attempt was submitted (``Run.submitted_at``, naive UTC).
-    A resubmitted run's work dir keeps the failed attempt's final.json until the new attempt
-    starts and removes it: such a record says nothing about the job now queued or running.
-    The time is final.json's ``finished_at`` (ISO, whole seconds), else the file's mtime.
-    ``since`` is cut to whole seconds too, so an attempt's own record is never taken as older.
-    False when ``since`` is None (no submission known) or no time can be read.
-    """
-    if since is None:
-        return False
-    when = _utc(final.get("finished_at")) if final else None
-    if when is None:
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            return False
-        when = dt.datetime.fromtimestamp(mtime, dt.timezone.utc).replace(tzinfo=None)
-    return when < since.replace(microsecond=0)
-
-
-@dataclass(frozen=True)
-class Final:
-    """What a run's final.json says about its end."""
-
-    state: str  # completed, or failed (also when final.json is unreadable)
-    reason: str | None  # why it failed: its error, or why final.json cannot be read
-    final_nll: float | None = None  # the run's answer, once completed
-
-
-def read_final(work_dir: Path, since: dt.datetime | None = None) -> Final | None:
-    """The run's end as its final.json records it; None without one.
-
-    With ``since`` (``Run.submitted_at``), a final.json written before it is an earlier
-    attempt's (``written_before``) and counts as none.
-    """
-    path = work_dir / "final.json"
-    try:
-        data = read_json(path)
-        problem = None
-    except (OSError, ValueError) as e:  # JSON and UnicodeDecodeError are ValueErrors
-        data, problem = {}, f"final.json unreadable: {e}"
-    if data is None or written_before(path, data, since):
-        return None
-    if problem is not None:
-        return Final(states.FAILED, problem)
-    status = data.get("status")
-    if status == states.COMPLETED:
-        nll = data.get("final_nll")
-        if isinstance(nll, (int, float)) and not isinstance(nll, bool):
-            return Final(states.COMPLETED, None, float(nll))
-        return Final(states.COMPLETED, None, None)
-    return Final(states.FAILED, str(data.get("error") or f"final.json status {status!r}"))
-
-
-# The line slurm_templates/job.sbatch.j2 writes to a job's .out and .err files as each attempt
-# starts; a requeued job appends every attempt to the same files (--open-mode=append).
-ATTEMPT_LINE = re.compile(r"^reatt: run \S+, job \S+, attempt \d+\b.*$", re.MULTILINE)
-# slurmstepd's line in a job's .err file when Slurm ends the job, e.g.
-# "slurmstepd: error: *** JOB 12 ON node7 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***";
-# the reason may hold a comma ("NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS"), and an scancel has none
-_SLURM_END = re.compile(r"\*\*\* JOB \S+ ON \S+ CANCELLED AT \S+(?: DUE TO (?P<why>[^*\n]*?))? \*\*\*")
-_OOM = re.compile(r"oom[-_ ]kill|Exceeded job memory limit|Out Of Memory", re.IGNORECASE)
-ERR_TAIL_BYTES = 64 * 1024
-
-
-def attempt_err(err_file: Path | None) -> str:
-    """What the job's latest attempt wrote to its Slurm .err file: the text after the last
-    attempt line (``ATTEMPT_LINE``); the whole tail where there is none (a script from an older
-    template). Empty when there is no such file."""
-    text = read_tail(err_file, ERR_TAIL_BYTES) if err_file is not None else None
-    if not text:
-        return ""
-    starts = list(ATTEMPT_LINE.finditer(text))
-    return text[starts[-1].end() :] if starts else text
-
-
-def last_err_line(err_file: Path | None, width: int = 300) -> str | None:
-    """The last non-empty line the job's latest attempt wrote to its .err file, for a reason."""
-    lines = [line for line in attempt_err(err_file).splitlines() if line.strip()]
-    return one_line(lines[-1], width) if lines else None
-
-
-def state_from_err(err: str) -> tuple[str, str] | None:
-    """How Slurm ended an attempt, from what it wrote to the .err file (``attempt_err``), or None.
-
-    The later of slurmstepd's end line and an out-of-memory message decides. An end line "DUE
-    TO JOB REQUEUE" is no end: Slurm writes it whenever a job is requeued (ours requeue
-    themselves before their time limit) and the job runs again.
-    """
-    events: list[tuple[int, str, str]] = []
-    for m in _SLURM_END.finditer(err):
-        why = " ".join((m.group("why") or "").split())
-        if why == "JOB REQUEUE":
-            continue
-        if why == "TIME LIMIT":
-            events.append((m.start(), states.TIMEOUT, "Slurm: cancelled due to time limit"))
-        elif why == "PREEMPTION":
-            events.append((m.start(), states.PREEMPTED, "Slurm: preempted"))
-        elif why.startswith("NODE FAILURE"):
-            events.append((m.start(), states.FAILED, "Slurm: node failure"))
-        else:
-            events.append(
-                (m.start(), states.CANCELLED, "Slurm: cancelled" + (f" due to {why.lower()}" if why else ""))
-            )
-    oom = list(_OOM.finditer(err))
-    if oom:
-        events.append((oom[-1].start(), states.FAILED, "out of memory"))
-    if not events:
-        return None
-    _, state, reason = max(events)
-    return state, reason
-
-
-def state_from_files(
-    work_dir: Path, err_file: Path | None = None, since: dt.datetime | None = None
-) -> tuple[str, str | None]:
-    """A finished-or-stopped run's state from its files alone (no scheduler to ask).
-
-    final.json decides when present (and, given ``since``, written by the current attempt:
-    ``read_final``). Otherwise the latest attempt's part of the Slurm .err file says whether
-    Slurm ended it (time limit, preemption, node failure, scancel) or it ran out of memory
-    (``state_from_err``); a checkpoint without final.json means it was interrupted and can resume.
-    """
-    final = read_final(work_dir, since)
-    if final is not None:
-        return final.state, final.reason
-    ended = state_from_err(attempt_err(err_file))
-    if ended is not None:
-        return ended
-    if (work_dir / "ckpt.pt").exists():
-        return (
-            states.INTERRUPTED,
-            "stopped with a checkpoint and no final.json; `reatt submit --resubmit-failed` resumes it",
-        )
-    if not work_dir.exists():
-        return states.UNKNOWN, "no run directory"
-    return states.UNKNOWN, "no final.json"
-
-
 def archive(work_dir: Path) -> Path | None:
     """Move a run directory aside (``<dir>.prev-<UTC time>``) so a run can start over; nothing
     is deleted. Returns the new path, or None if there was nothing to move."""
@@ -293,11 +397,3 @@ def archive(work_dir: Path) -> Path | None:
     target = work_dir.with_name(f"{work_dir.name}.prev-{stamp}")
     work_dir.rename(target)
     return target
-
-
-def this_host() -> str:
-    """This machine's short host name (at most 40 characters): local job ids and a work dir's
-    ``.lock`` record it beside a pid, since a pid means nothing on another host."""
-    import socket
-
-    return socket.gethostname().split(".")[0][:40] or "localhost"

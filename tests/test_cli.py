@@ -121,8 +121,13 @@ def test_errors_are_one_line_exit_1_and_keep_brackets(tmp_path):
         "or point --db (or $REATT_DB) at yours\n"
     )
     assert not empty.exists()  # a read-only command leaves no empty database behind
+    # a usage error is Typer's: exit 2, naming the option
     r = runner.invoke(app, ["submit", "--partition", "gpu", "--db", str(tmp_path / "r.db")])
-    assert r.exit_code == 1 and r.output == "Error: --partition only apply with --cluster\n"
+    assert r.exit_code == 2 and "Invalid value for --partition: only applies with --cluster" in r.output
+    r = runner.invoke(app, ["submit", "--cluster", "--jobs", "2", "--db", str(tmp_path / "r.db")])
+    assert r.exit_code == 2 and "Invalid value for --jobs: only applies without --cluster" in r.output
+    r = runner.invoke(app, ["report", "--format", "xml", "--db", str(tmp_path / "r.db")])
+    assert r.exit_code == 2 and "'xml' is not one of" in r.output
 
 
 def test_readme_flow_end_to_end(tmp_path, monkeypatch):

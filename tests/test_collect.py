@@ -18,11 +18,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from reatt import collect as collect_mod
-from reatt import db, plan, rundir, slurm, states
-from reatt.collect import collect
-from reatt.config import get_default_config
+from reatt import rundir, states
 from reatt.errors import DatabaseError, StudyError
+from reatt.study import metrics
+from reatt.study import store as db
+from reatt.study.collect import collect
+from reatt.study.plan import plan_study
+from reatt.study.spec import load_spec
+from reatt.train import TRAIN_ENV, TRAIN_MODULE
+from reatt.training.config import get_default_config
 
 SPEC = """
 [study]
@@ -119,7 +123,7 @@ def demo(tmp_path, engine):
     """A planned 4-run study (baseline, rope x seeds 1, 2), every run completed on disk."""
     spec_path = tmp_path / "demo.toml"
     spec_path.write_text(SPEC.format(out=tmp_path / "out"))
-    jobs = plan.plan_study(plan.load_spec(spec_path), engine).jobs
+    jobs = plan_study(load_spec(spec_path), engine).jobs
     for i, job in enumerate(jobs):
         write_run(Path(job.work_dir), seed=job.seed, final_nll=5.0 + i / 10, overrides=job.overrides)
     return {j.name: Path(j.work_dir) for j in jobs}
@@ -286,12 +290,12 @@ def test_interrupted_collect_leaves_the_previous_state(engine, demo, monkeypatch
             raise KeyboardInterrupt  # Ctrl-C half-way: one run already written in the transaction
         return real(path)
 
-    monkeypatch.setattr(collect_mod.rundir, "read_loss_csv", read_then_interrupt)
+    monkeypatch.setattr(rundir, "read_loss_csv", read_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         collect(engine)
     assert len(calls) == 2
     assert dump(engine) == before
-    monkeypatch.setattr(collect_mod.rundir, "read_loss_csv", real)
+    monkeypatch.setattr(rundir, "read_loss_csv", real)
     res = collect(engine)
     assert res.runs_read == 2 and res.metric_rows == 2 * 15
 
@@ -301,9 +305,9 @@ def test_dict_executemany_fallback_gives_the_same_rows(tmp_path, demo, engine):
     fast = dump(engine)["metrics"]
     other = db.open_db(tmp_path / "other.db")
     spec_path = tmp_path / "demo.toml"
-    plan.plan_study(plan.load_spec(spec_path), other)
+    plan_study(load_spec(spec_path), other)
     mp = pytest.MonkeyPatch()
-    mp.setattr(collect_mod, "_positional_insert_sql", lambda dialect, table: None)
+    mp.setattr(metrics, "positional_insert_sql", lambda dialect, table: None)
     try:
         res = collect(other)
     finally:
@@ -436,9 +440,9 @@ def test_collect_a_real_training_run(tmp_path, engine):
         "--system.seed=11",
         f"--system.work_dir={wd}",
     ]
-    env = {**os.environ, **plan.TRAIN_ENV}
+    env = {**os.environ, **TRAIN_ENV}
     proc = subprocess.run(
-        [sys.executable, "-m", plan.TRAIN_MODULE, *argv], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", TRAIN_MODULE, *argv], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = collect(engine, paths=[tmp_path / "manual"])
@@ -466,7 +470,7 @@ def utc_iso_now() -> str:
 def test_resubmitted_run_stays_pending_despite_the_old_final_json(tmp_path, engine, demo, monkeypatch):
     """Regression: collect read the failed attempt's final.json while the new job was queued,
     recorded `failed`, and a later --resubmit-failed submitted a second job on the same work dir."""
-    from test_slurm_errors import FakeSlurm
+    from test_slurm_errors import FakeSlurm, submit_cluster
 
     wd = demo["baseline-s1"]
     write_run(wd, seed=1, status="failed")  # attempt 1 failed (finished_at: an hour before "now")
@@ -474,7 +478,7 @@ def test_resubmitted_run_stays_pending_despite_the_old_final_json(tmp_path, engi
     assert runs_by_name(engine)["baseline-s1"].state == states.FAILED
     fake = FakeSlurm(tmp_path / "fake", monkeypatch)
     fake.respond("sbatch", (0, "999\n", ""))
-    sent = slurm.submit_cluster(engine, "demo", resubmit_failed=True, project_dir=str(tmp_path))
+    sent = submit_cluster(engine, "demo", resubmit_failed=True, project_dir=str(tmp_path))
     assert sent.submitted == [("baseline-s1", "999")]
     os.utime(wd / "loss.csv")  # collect sees changed files; final.json is still attempt 1's
     res = collect(engine)
@@ -484,7 +488,7 @@ def test_resubmitted_run_stays_pending_despite_the_old_final_json(tmp_path, engi
     assert r.steps == 10 and r.final_nll is None  # progress from loss.csv, nothing from the old record
     # status keeps watching it, and a second --resubmit-failed sends nothing
     fake.respond("squeue", (0, "999|PENDING|Priority\n", ""))
-    again = slurm.submit_cluster(engine, "demo", resubmit_failed=True, project_dir=str(tmp_path))
+    again = submit_cluster(engine, "demo", resubmit_failed=True, project_dir=str(tmp_path))
     assert again.submitted == [] and ("baseline-s1", "pending") in again.skipped
     assert len(fake.calls("sbatch")) == 1
     # the new attempt ends: its own final.json decides
@@ -551,9 +555,9 @@ def test_clear_results_forgets_columns_and_metrics(engine, demo):
     collect(engine)
     with db.transaction(engine) as s:
         run = next(r for r in db.get_study(s, "demo").runs if r.name == "rope-s1")
-        collect_mod.clear_results(run)
+        db.clear_results(run)
     r = runs_by_name(engine)["rope-s1"]
-    assert all(getattr(r, c) is None for c in collect_mod.RESULT_COLUMNS)
+    assert all(getattr(r, c) is None for c in db.RESULT_COLUMNS)
     assert metric_count(engine, "rope-s1") == 0 and metric_count(engine, "rope-s2") == 11
     assert (r.state, r.seed, r.work_dir) == (states.COMPLETED, 1, str(demo["rope-s1"]))
     res = collect(engine)  # read again whole

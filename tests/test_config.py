@@ -6,16 +6,9 @@ import sys
 
 import pytest
 
-from reatt.config import (
-    SCHEMA,
-    CfgNode,
-    check_config,
-    closest_keys,
-    config_from_dict,
-    get_default_config,
-    parse_value,
-)
 from reatt.errors import ConfigError
+from reatt.training.config import CfgNode, check_config, config_from_dict, get_default_config, parse_value
+from reatt.training.schema import SCHEMA, closest_keys
 
 
 def test_tree_has_the_four_nodes_and_every_key_documented():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from reatt import corpus
+from reatt.training import corpus
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_the_documents_are_real_english(built):
 def test_building_imports_no_stdlib_module():
     code = (
         "import sys\n"
-        "from reatt.corpus import iter_documents\n"
+        "from reatt.training.corpus import iter_documents\n"
         "n = sum(1 for _ in iter_documents())\n"
         "print([m for m in ('this', 'antigravity', 'turtle', 'smtplib', 'http.server', 'tkinter')"
         " if m in sys.modules])\n"

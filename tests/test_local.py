@@ -21,9 +21,30 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
-from reatt import db, local, plan, states
-from reatt.collect import collect
-from reatt.local import submit_local
+import reatt.train
+from reatt import states
+from reatt.executors import processes
+from reatt.executors.local import LocalExecutor, ProcessRunner
+from reatt.files import this_host
+from reatt.study import store as db
+from reatt.study.collect import collect
+from reatt.study.plan import jobs_of, plan_study
+from reatt.study.spec import JobSpec, load_spec
+from reatt.study.submit import LaunchSession, SubmitResult, submit
+from reatt.train import GLIBC_TUNABLES
+
+
+def submit_local(
+    engine, study, *, jobs=1, show_progress=True, dry_run=False, resubmit_failed=False, force=False
+):
+    """`reatt submit`: the one submit path, with the local executor."""
+    executor = LocalExecutor(jobs=jobs, show_progress=show_progress)
+    return submit(engine, study, executor, dry_run=dry_run, resubmit_failed=resubmit_failed, force=force)
+
+
+def commands(result) -> list[str]:
+    """A dry run's command lines."""
+    return [text for _, text in result.previews]
 
 
 def runs_of(engine, study: str) -> dict[str, db.Run]:
@@ -46,10 +67,10 @@ def engine(tmp_path):
     return db.open_db(tmp_path / "results.db")
 
 
-def plan_spec(tmp_path: Path, engine, text: str) -> list[plan.JobSpec]:
+def plan_spec(tmp_path: Path, engine, text: str) -> list[JobSpec]:
     spec_path = tmp_path / "study.toml"
     spec_path.write_text(text)
-    return plan.plan_study(plan.load_spec(spec_path), engine).jobs
+    return plan_study(load_spec(spec_path), engine).jobs
 
 
 # ------------------------------------------------------------------------ real training runs
@@ -102,8 +123,8 @@ def test_real_study_in_parallel_with_a_failed_run_then_all_skipped(tmp_path, eng
     for name in ("base", "rope"):
         r = runs[name]
         assert r.state == states.COMPLETED and r.executor == "local" and r.state_reason is None
-        host, pid = local.parse_local_job_id(r.job_id)
-        assert r.job_id == f"local:{local.this_host()}:{pid}" and host == local.this_host()
+        host, pid = processes.parse_local_job_id(r.job_id)
+        assert r.job_id == f"local:{this_host()}:{pid}" and host == this_host()
         assert r.submitted_at is not None
         assert json.loads((wd[name] / "final.json").read_text())["status"] == "completed"
         assert (wd[name] / "ckpt.pt").exists() and (wd[name] / "loss.csv").exists()
@@ -132,7 +153,7 @@ FAKE_TRAIN = r'''
 import json, os, signal, sys, time
 from pathlib import Path
 
-from reatt.config import parse_value
+from reatt.training.config import parse_value
 
 over = {k: parse_value(k, v) for k, v in (a[2:].split("=", 1) for a in sys.argv[1:])}
 wd = Path(over["system.work_dir"])
@@ -198,7 +219,7 @@ def fake_train(tmp_path, monkeypatch):
     mod = tmp_path / "fakemod"
     mod.mkdir()
     (mod / "reatt_fake_train.py").write_text(FAKE_TRAIN)
-    monkeypatch.setattr(plan, "TRAIN_MODULE", "reatt_fake_train")
+    monkeypatch.setattr(reatt.train, "TRAIN_MODULE", "reatt_fake_train")
     monkeypatch.setenv("PYTHONPATH", str(mod))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
@@ -217,9 +238,9 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path, engine, fake_train):
     before = dump(engine)
     res = submit_local(engine, "fake", dry_run=True, jobs=2)
     assert res.dry_run and res.completed == [] and res.skipped == []
-    assert len(res.commands) == 2
-    cmd = res.commands[0]
-    assert cmd.startswith(f"GLIBC_TUNABLES={plan.GLIBC_TUNABLES} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=")
+    assert len(commands(res)) == 2
+    cmd = commands(res)[0]
+    assert cmd.startswith(f"GLIBC_TUNABLES={GLIBC_TUNABLES} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=")
     words = shlex.split(cmd)
     at = words.index(sys.executable)
     assert words[at : at + 4] == [sys.executable, "-m", "reatt_fake_train", "--trainer.max_iters=5"]
@@ -242,14 +263,14 @@ def test_failures_are_recorded_with_reasons_and_the_others_go_on(tmp_path, engin
     assert runs["fail"].state_reason == "DataError: fake.jsonl:7: not JSON"
     assert all(r.executor == "local" and r.job_id.startswith("local:") for r in runs.values())
     out = capsys.readouterr().out.splitlines()
-    pid = local.parse_local_job_id(runs["crash"].job_id)[1]
+    pid = processes.parse_local_job_id(runs["crash"].job_id)[1]
     assert out[0] == f"started crash (pid {pid}, log {wd['crash'] / 'train.log'})"
     assert out[1].startswith("[1/3] failed crash in ") and out[1].endswith("RuntimeError: boom")
     assert out[3].startswith("[2/3] completed ok in ") and out[3].endswith(": final NLL 5.0000")
     env = json.loads((wd["ok"] / "env.json").read_text())
     assert env == {
         "OMP_NUM_THREADS": None,  # one job at a time: torch's own default
-        "GLIBC_TUNABLES": plan.GLIBC_TUNABLES,
+        "GLIBC_TUNABLES": GLIBC_TUNABLES,
         "PYTHONUNBUFFERED": "1",
         "cwd": os.getcwd(),
     }
@@ -285,7 +306,7 @@ def test_parallel_jobs_share_the_cpus(tmp_path, engine, fake_train):
     wd = fake_study(tmp_path, engine, a="", b="")
     res = submit_local(engine, "fake", jobs=2, show_progress=False)
     assert res.completed == ["a", "b"]
-    share = str(max(1, local.cpu_count() // 2))
+    share = str(max(1, processes.cpu_count() // 2))
     assert [json.loads((wd[n] / "env.json").read_text())["OMP_NUM_THREADS"] for n in "ab"] == [share, share]
 
 
@@ -367,12 +388,12 @@ def test_state_changes_wait_while_another_command_holds_the_database(tmp_path, e
 
 
 def test_local_job_ids_name_the_host_and_old_ids_still_parse():
-    assert local.local_job_id(123) == f"local:{local.this_host()}:123"
-    assert local.parse_local_job_id(local.local_job_id(123)) == (local.this_host(), 123)
-    assert local.parse_local_job_id("local:node-7:42") == ("node-7", 42)
-    assert local.parse_local_job_id("local:42") == (None, 42)  # before hosts were recorded
+    assert processes.local_job_id(123) == f"local:{this_host()}:123"
+    assert processes.parse_local_job_id(processes.local_job_id(123)) == (this_host(), 123)
+    assert processes.parse_local_job_id("local:node-7:42") == ("node-7", 42)
+    assert processes.parse_local_job_id("local:42") == (None, 42)  # before hosts were recorded
     for other in (None, "", "123", "123_4", "local:", "local:node-7:", "local:node-7:x"):
-        assert local.parse_local_job_id(other) is None
+        assert processes.parse_local_job_id(other) is None
 
 
 def test_a_run_another_command_took_meanwhile_is_skipped_not_started(tmp_path, engine, fake_train):
@@ -401,29 +422,38 @@ def test_a_run_another_command_took_meanwhile_is_skipped_not_started(tmp_path, e
 
 def test_the_claim_is_atomic_and_undone_when_ctrl_c_comes_before_the_start(tmp_path, engine, fake_train):
     wd = fake_study(tmp_path, engine, a="")
-    with db.transaction(engine) as s:
-        run = db.get_study(s, "fake").runs[0]
-        run_id, seen = run.id, local._Seen.of(run)
+
+    def launch_session():
+        """What `reatt submit` hands the executor: the selected run, as the selection saw it."""
+        with db.transaction(engine) as s:
+            st = db.get_study(s, "fake")
+            job, run = jobs_of(st)[0], st.runs[0]
+        return job, LaunchSession(engine, "local", False, [(job, run)], SubmitResult("fake", "local", True))
+
+    job, mine = launch_session()
+    _, theirs = launch_session()  # another submit, with the same selection
     before = dump(engine)
-    mine, theirs = local._Runner(engine, 1, False), local._Runner(engine, 1, False)
-    theirs.claim_id = "local:elsewhere:7"
-    assert mine._claim(run_id, seen) is None  # taken: pending, with this submit's pid
-    assert theirs._claim(run_id, seen) == f"pending, job {mine.claim_id}"  # the same selection: refused
+    claim_id = processes.local_job_id(os.getpid())
+    assert mine.claim(job, claim_id) is None  # taken: pending, with this submit's pid
+    # the same selection: refused
+    assert theirs.claim(job, "local:elsewhere:7") == f"taken by another command (pending, job {claim_id})"
     r = runs_of(engine, "fake")["a"]
-    assert (r.state, r.executor, r.job_id) == (states.PENDING, "local", mine.claim_id)
-    mine._release(run_id, seen)
+    assert (r.state, r.executor, r.job_id) == (states.PENDING, "local", claim_id)
+    mine.release(job)
     assert dump(engine) == before
 
     # Ctrl-C between the claim and the start: nothing started, the run is as it was
-    real_claim = mine._claim
+    job, mine = launch_session()
+    runner = ProcessRunner(mine, 1)
+    real_claim = mine.claim
 
     def claim_then_ctrl_c(*a):
         got = real_claim(*a)
-        mine.interrupt()
+        runner.interrupt()
         return got
 
-    mine._claim = claim_then_ctrl_c
-    with db.transaction(engine) as s:
-        job = next(j for j in plan.jobs_of(db.get_study(s, "fake")) if j.name == "a")
-    assert mine.run(run_id, job, seen).state == ""
+    mine.claim = claim_then_ctrl_c
+    runner.run(job)
+    mine.finish([job])
+    assert mine.result.not_started == ["a"]
     assert dump(engine) == before and not wd["a"].exists()

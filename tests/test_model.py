@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from reatt.config import get_default_config
-from reatt.model import GPT, MLP, RMSNorm, Rotary, SwiGLU, swiglu_hidden_size
+from reatt.training.config import get_default_config
+from reatt.training.model import GPT, MLP, RMSNorm, Rotary, SwiGLU, swiglu_hidden_size
 
 VOCAB = 97
 

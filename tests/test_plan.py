@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from reatt import db
-from reatt.config import format_value, get_default_config, parse_value
 from reatt.errors import SpecError
-from reatt.plan import expand_matrix, load_spec, plan_study
+from reatt.study import store as db
+from reatt.study.plan import plan_study
+from reatt.study.spec import expand_matrix, load_spec
+from reatt.training.config import format_value, get_default_config, parse_value
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ["swiglu", "rmsnorm", "rope", "warmup", "cosine"]

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from reatt import db
 from reatt.errors import StudyError
-from reatt.report import (
+from reatt.report.build import (
     COL_DELTA,
     COL_FEATURES,
     COL_HIGH,
@@ -29,11 +28,11 @@ from reatt.report import (
     COL_VARIANT,
     COLUMNS,
     build_report,
-    render_table,
-    to_text,
-    write_report,
 )
-from reatt.stats import t_quantile
+from reatt.report.stats import t_quantile
+from reatt.report.tables import render_table, to_text
+from reatt.report.write import write_report
+from reatt.study import store as db
 
 # ------------------------------------------------------------------------------ fabrication
 
@@ -501,7 +500,7 @@ def test_runs_evaluated_on_different_windows_are_flagged_not_refused(engine: Any
     narrow_text = " ".join(narrow.export_text().split())
     assert "NOT COMPARABLE: the runs'" in narrow_text and "Hidden, for lack of width" in narrow_text
 
-    from reatt.plots import plot_final_nll
+    from reatt.report.finals import plot_final_nll
 
     caption = " ".join(t.get_text() for t in plot_final_nll(report).texts)  # supxlabel is one
     assert "NOT COMPARABLE" in caption and "data.block_size differs (baseline: 64; rope: 32)" in caption
@@ -536,12 +535,10 @@ def test_comparability_by_file_path_without_the_cache_key(engine: Any) -> None:
 
 
 def test_report_dir_planned_and_collected(engine: Any) -> None:
-    from reatt.collect import COLLECTED_MATRIX
-    from reatt.report import COLLECTED_MATRIX as REPORT_COLLECTED
+    from reatt.study.spec import COLLECTED_MATRIX
 
-    assert REPORT_COLLECTED == COLLECTED_MATRIX
     add_study(engine, HAND)  # out_dir /tmp/out
-    add_study(engine, HAND, name="mix", matrix="collected", reference=None)
+    add_study(engine, HAND, name="mix", matrix=COLLECTED_MATRIX, reference=None)
     assert build_report(engine, "demo").report_dir == Path("/tmp/out/demo/report")
     assert build_report(engine, "mix").report_dir == Path("/tmp/out/report")  # not /tmp/out/mix/report
 
@@ -683,7 +680,7 @@ def test_training_loss_is_drawn_at_the_middle_of_the_steps_it_averages(engine: A
     import numpy as np
     from matplotlib.collections import PathCollection
 
-    from reatt.plots import plot_loss_curves
+    from reatt.report.curves import plot_loss_curves
 
     add_study(engine, descent_runs(list(range(0, 121, 10)), {"baseline": 1.0}))
     report = build_report(engine, "demo")
@@ -710,7 +707,7 @@ def test_training_loss_is_drawn_at_the_middle_of_the_steps_it_averages(engine: A
 def test_training_lines_average_over_steps_and_sit_at_their_middle() -> None:
     import pandas as pd
 
-    from reatt.plots import _training_lines
+    from reatt.report.curves import training_lines
 
     # rows at steps 0, 10, 20, 25 (an evaluation between two log rows), 30; tokens = 2 x step
     c = pd.DataFrame(
@@ -722,11 +719,11 @@ def test_training_lines_average_over_steps_and_sit_at_their_middle() -> None:
             "loss": [math.nan, 8.0, 6.0, 5.0, 4.0],
         }
     )
-    one = _training_lines(c, "tokens", 1)
+    one = training_lines(c, "tokens", 1)
     assert list(one["step"]) == [10, 20, 25, 30]
     assert list(one["x"]) == [10.0, 30.0, 45.0, 55.0]  # middle of (prev row, row], in tokens
     assert list(one["smooth"]) == [8.0, 6.0, 5.0, 4.0]
-    three = _training_lines(c, "step", 3)  # half-width 0 at row 0, 1 from row 2 on, cut at the end
+    three = training_lines(c, "step", 3)  # half-width 0 at row 0, 1 from row 2 on, cut at the end
     # row 2 (step 25): rows 1..3 = steps 11..30 (widths 10, 5, 5): the mean over those 20 steps
     assert three["smooth"].iloc[2] == pytest.approx((6.0 * 10 + 5.0 * 5 + 4.0 * 5) / 20)
     assert three["x"].iloc[2] == pytest.approx(20.0)  # the middle of (10, 30]
@@ -739,7 +736,7 @@ def test_loss_curve_title_ticks_and_dots(engine: Any) -> None:
     import numpy as np
     from matplotlib.collections import PathCollection
 
-    from reatt.plots import _log_ticks, plot_loss_curves
+    from reatt.report.curves import log_ticks, plot_loss_curves
 
     add_study(engine, realistic_runs(seeds=(1, 2), steps=200, eval_interval=50))
     report = build_report(engine, "demo")
@@ -772,7 +769,7 @@ def test_loss_curve_title_ticks_and_dots(engine: Any) -> None:
     ax = Figure().subplots()
     ax.set_xscale("log")
     ax.set_xlim(300, 3e8)
-    _log_ticks(ax, 300, 3e8)
+    log_ticks(ax, 300, 3e8)
     ticks = [t for t in ax.xaxis.get_major_locator()() if 300 <= t <= 3e8]
     assert ax.xaxis.get_major_formatter().format_ticks(ticks) == ["1k", "10k", "100k", "1M", "10M", "100M"]
 
@@ -791,7 +788,7 @@ def test_realistic_study_numbers(engine: Any) -> None:
 
 def test_import_does_not_load_heavy_modules() -> None:
     code = (
-        "import sys, reatt.report; "
+        "import sys, reatt.report.build, reatt.report.tables, reatt.report.write; "
         "heavy = ('pandas', 'seaborn', 'matplotlib', 'sqlalchemy', 'rich'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

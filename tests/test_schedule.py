@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from reatt.trainer import get_lr
+from reatt.training.trainer import get_lr
 
 LR, MIN = 1e-3, 1e-4
 

@@ -12,8 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from reatt import db, plan, slurm, states, status
+from reatt import states
 from reatt.errors import ReattError, SlurmError, SpecError, StudyError
+from reatt.executors.slurm import client, render
+from reatt.executors.slurm.executor import SlurmExecutor
+from reatt.study import status
+from reatt.study import store as db
+from reatt.study.collect import collect
+from reatt.study.plan import plan_study
+from reatt.study.spec import load_spec
+from reatt.study.submit import LaunchSession, submit
+
+
+def submit_cluster(engine, study, *, dry_run=False, resubmit_failed=False, force=False, **options):
+    """`reatt submit --cluster`: the one submit path, with the Slurm executor."""
+    executor = SlurmExecutor(**options)
+    return submit(engine, study, executor, dry_run=dry_run, resubmit_failed=resubmit_failed, force=force)
 
 
 class FakeSlurm:
@@ -78,7 +92,7 @@ def make_study(tmp_path: Path, features: int = 4, slurm_table: str = "", name: s
         "[features]\n" + "\n".join(lines) + "\n[slurm]\n" + (slurm_table or 'time = "00:10:00"') + "\n"
     )
     engine = db.open_db(tmp_path / "results.db")
-    plan.plan_study(plan.load_spec(spec), engine)
+    plan_study(load_spec(spec), engine)
     return engine
 
 
@@ -95,7 +109,7 @@ def fake(tmp_path, monkeypatch) -> FakeSlurm:
 def test_submit_records_each_job_id(tmp_path, fake):
     engine = make_study(tmp_path, features=2)  # baseline, f0, f1, all
     fake.respond("sbatch", (0, "101\n", ""), (0, "102;cluster\n", ""), (0, "103\n", ""), (0, "104\n", ""))
-    result = slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+    result = submit_cluster(engine, None, project_dir=str(tmp_path))
     assert result.submitted == [("baseline", "101"), ("f0", "102"), ("f1", "103"), ("all", "104")]
     sbatch_dir = tmp_path / "out" / "tiny" / "sbatch"
     assert fake.calls() == [
@@ -122,7 +136,7 @@ def test_sbatch_fails_on_the_third_of_five(tmp_path, fake):
         ),
     )
     with pytest.raises(SlurmError) as e:
-        slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+        submit_cluster(engine, None, project_dir=str(tmp_path))
     msg = str(e.value)
     assert "Invalid account or account/partition combination" in msg  # sbatch's stderr, quoted
     assert "not submitted: f1" in msg and "baseline (job 11), f0 (job 12)" in msg
@@ -137,7 +151,7 @@ def test_sbatch_fails_on_the_third_of_five(tmp_path, fake):
     # fixed: the next submit sends exactly the rest; squeue is asked once about the first two
     fake.respond("sbatch", (0, "13\n", ""), (0, "14\n", ""), (0, "15\n", ""))
     fake.respond("squeue", (0, "11|RUNNING|None\n12|PENDING|Resources\n", ""))
-    result = slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+    result = submit_cluster(engine, None, project_dir=str(tmp_path))
     assert result.submitted == [("f1", "13"), ("f2", "14"), ("all", "15")]
     assert result.skipped == [("baseline", "running"), ("f0", "pending")]
     squeue = fake.calls("squeue")
@@ -148,10 +162,10 @@ def test_sbatch_missing(tmp_path, monkeypatch):
     engine = make_study(tmp_path, features=1)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(SlurmError, match="not found on PATH .are you on the cluster's login node"):
-        slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+        submit_cluster(engine, None, project_dir=str(tmp_path))
     assert {r.state for r in runs(engine).values()} == {states.PLANNED}
     with pytest.raises(SlurmError, match="sbatch not found"):
-        slurm.sbatch(tmp_path / "x.sbatch")
+        client.sbatch(tmp_path / "x.sbatch")
 
 
 @pytest.mark.parametrize(
@@ -161,7 +175,7 @@ def test_sbatch_garbage_output(tmp_path, fake, stdout):
     engine = make_study(tmp_path, features=1)
     fake.respond("sbatch", (0, stdout, "some warning\n"))
     with pytest.raises(SlurmError, match="expected a job id from --parsable") as e:
-        slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+        submit_cluster(engine, None, project_dir=str(tmp_path))
     assert "some warning" in str(e.value)
     assert {r.state for r in runs(engine).values()} == {states.PLANNED}
 
@@ -177,13 +191,13 @@ def test_sbatch_garbage_output(tmp_path, fake, stdout):
 )
 def test_sbatch_output_forms(tmp_path, fake, stdout, job_id):
     fake.respond("sbatch", (0, stdout, ""))
-    assert slurm.sbatch(tmp_path / "job.sbatch") == job_id
+    assert client.sbatch(tmp_path / "job.sbatch") == job_id
 
 
 def test_array_submission_and_resubmit_failed_subset(tmp_path, fake):
     engine = make_study(tmp_path, features=3, slurm_table='time = "00:10:00"\narray_throttle = 2')
     fake.respond("sbatch", (0, "500\n", ""))
-    result = slurm.submit_cluster(engine, None, array=True, project_dir=str(tmp_path))
+    result = submit_cluster(engine, None, array=True, project_dir=str(tmp_path))
     assert result.submitted == [(n, f"500_{i}") for i, n in enumerate(["baseline", "f0", "f1", "f2", "all"])]
     script = Path(result.scripts[0])
     assert script.name == "tiny-array-1.sbatch" and "#SBATCH --array=0,1,2,3,4%2" in script.read_text()
@@ -200,7 +214,7 @@ def test_array_submission_and_resubmit_failed_subset(tmp_path, fake):
             "500_3|OUT_OF_MEMORY|0:125|00:00:10\n500_4|COMPLETED|0:0|00:01:00\n", ""),
     )  # fmt: skip
     fake.respond("sbatch", (0, "600\n", ""))
-    result = slurm.submit_cluster(
+    result = submit_cluster(
         engine, None, array=True, resubmit_failed=True, throttle=1, project_dir=str(tmp_path)
     )
     assert result.submitted == [("f0", "600_1"), ("f2", "600_3")]
@@ -214,7 +228,7 @@ def test_array_submission_and_resubmit_failed_subset(tmp_path, fake):
 
 def test_dry_run_writes_scripts_and_submits_nothing(tmp_path, fake):
     engine = make_study(tmp_path, features=1)
-    result = slurm.submit_cluster(
+    result = submit_cluster(
         engine, None, dry_run=True, overrides={"partition": "debug", "time": "00:20:00"}, project_dir="/p"
     )
     assert result.dry_run and result.submitted == [] and len(result.scripts) == 2
@@ -231,7 +245,7 @@ def test_dry_run_writes_scripts_and_submits_nothing(tmp_path, fake):
 def test_hostile_overrides_are_refused_before_anything_is_written(tmp_path, fake, overrides):
     engine = make_study(tmp_path, features=1)
     with pytest.raises(SpecError, match="invalid Slurm settings"):
-        slurm.submit_cluster(engine, None, overrides=overrides, project_dir=str(tmp_path))
+        submit_cluster(engine, None, overrides=overrides, project_dir=str(tmp_path))
     assert fake.calls() == []
     assert not (tmp_path / "out" / "tiny" / "sbatch").exists()
 
@@ -239,12 +253,12 @@ def test_hostile_overrides_are_refused_before_anything_is_written(tmp_path, fake
 def test_skips_and_force(tmp_path, fake):
     engine = make_study(tmp_path, features=1)  # baseline, f0
     fake.respond("sbatch", (0, "7\n", ""), (0, "8\n", ""))
-    slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+    submit_cluster(engine, None, project_dir=str(tmp_path))
     fake.respond("squeue", (0, "7|RUNNING|None\n8|PENDING|Priority\n", ""))
-    result = slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+    result = submit_cluster(engine, None, project_dir=str(tmp_path))
     assert result.submitted == [] and result.skipped == [("baseline", "running"), ("f0", "pending")]
     with pytest.raises(StudyError, match="reatt cancel"):
-        slurm.submit_cluster(engine, None, force=True, project_dir=str(tmp_path))
+        submit_cluster(engine, None, force=True, project_dir=str(tmp_path))
     # both end; --force starts them over, their directories moved aside first
     for r in runs(engine).values():
         Path(r.work_dir).mkdir(parents=True)
@@ -252,7 +266,7 @@ def test_skips_and_force(tmp_path, fake):
     fake.respond("squeue", (1, "", "slurm_load_jobs error: Invalid job id specified\n"))
     fake.respond("sacct", (0, "7|COMPLETED|0:0|00:00:30\n8|COMPLETED|0:0|00:00:30\n", ""))
     fake.respond("sbatch", (0, "9\n", ""), (0, "10\n", ""))
-    result = slurm.submit_cluster(engine, None, force=True, project_dir=str(tmp_path))
+    result = submit_cluster(engine, None, force=True, project_dir=str(tmp_path))
     assert result.submitted == [("baseline", "9"), ("f0", "10")]
     assert len(result.archived) == 2
     for old, new in result.archived:
@@ -263,7 +277,7 @@ def test_skips_and_force(tmp_path, fake):
 def test_cancel_is_one_scancel_for_all_active_jobs(tmp_path, fake):
     engine = make_study(tmp_path, features=2)
     fake.respond("sbatch", (0, "21\n", ""), (0, "22\n", ""), (0, "23\n", ""), (0, "24\n", ""))
-    slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+    submit_cluster(engine, None, project_dir=str(tmp_path))
     fake.respond(
         "squeue",
         (0, "21|RUNNING|None\n22|PENDING|Resources\n23|PENDING|Priority\n", ""),  # 24 has ended
@@ -281,7 +295,7 @@ def test_cancel_is_one_scancel_for_all_active_jobs(tmp_path, fake):
             "",
         ),
     )
-    assert slurm.cancel(engine, None) == ["21", "22", "23"]
+    assert status.cancel(engine, None) == ["21", "22", "23"]
     assert fake.calls("scancel") == [["scancel", "21", "22", "23"]]
     # one refresh picks the jobs, one scancel cancels them; Slurm is not asked again
     assert [c[0] for c in fake.calls() if c[0] != "sbatch"] == ["squeue", "sacct", "scancel"]
@@ -293,19 +307,19 @@ def test_cancel_is_one_scancel_for_all_active_jobs(tmp_path, fake):
     status.refresh(engine, None)  # the next `reatt status`
     got = runs(engine)
     assert [got[n].state for n in ("baseline", "f0", "f1", "all")] == ["cancelled"] * 3 + ["completed"]
-    assert slurm.cancel(engine, None) == []  # nothing active: no scancel
+    assert status.cancel(engine, None) == []  # nothing active: no scancel
     assert len(fake.calls("scancel")) == 1
 
 
 def test_scancel_failure_is_reported(tmp_path, fake):
     fake.respond("scancel", (1, "", "scancel: error: Kill job error on job id 5: Access/permission denied\n"))
     with pytest.raises(SlurmError, match="permission denied"):
-        slurm.scancel(["5"])
+        client.scancel(["5"])
     fake.respond(
         "scancel",
         (1, "", "scancel: error: Kill job error on job id 5: Job/step already completing or completed\n"),
     )
-    slurm.scancel(["5"])  # already ended: not an error
+    client.scancel(["5"])  # already ended: not an error
 
 
 def test_database_failure_after_sbatch_cancels_the_job(tmp_path, fake, monkeypatch):
@@ -315,9 +329,9 @@ def test_database_failure_after_sbatch_cancels_the_job(tmp_path, fake, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(slurm, "_record_submitted", broken)
+    monkeypatch.setattr(LaunchSession, "launched", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+        submit_cluster(engine, None, project_dir=str(tmp_path))
     assert fake.calls("scancel") == [["scancel", "31"]]  # no job runs unrecorded
     assert {r.state for r in runs(engine).values()} == {states.PLANNED}
 
@@ -332,9 +346,9 @@ def test_untracked_job_is_named_when_its_cancel_fails_too(tmp_path, fake, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(slurm, "_record_submitted", broken)
+    monkeypatch.setattr(LaunchSession, "launched", broken)
     with pytest.raises(ReattError) as e:
-        slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+        submit_cluster(engine, None, project_dir=str(tmp_path))
     msg = str(e.value)
     assert "Slurm job 31" in msg and "scancel 31" in msg and "disk full" in msg
     assert "Unable to contact slurm controller" in msg and "not submitted" not in msg
@@ -343,22 +357,20 @@ def test_untracked_job_is_named_when_its_cancel_fails_too(tmp_path, fake, monkey
 
 def test_force_starts_over_without_the_old_results(tmp_path, fake):
     """Regression: --force under Slurm kept the moved run's final_nll, metrics and files fingerprint."""
-    from reatt import collect
-
     engine = make_study(tmp_path, features=1)  # baseline, f0
     for r in runs(engine).values():
         wd = Path(r.work_dir)
         wd.mkdir(parents=True)
         (wd / "loss.csv").write_text("step,loss,val_loss,lr,tokens,elapsed_s\n0,,10.5,5e-4,0,0.1\n")
         (wd / "final.json").write_text('{"status": "completed", "final_nll": 5.0, "steps": 20}')
-    collect.collect(engine)
+    collect(engine)
     assert {(r.state, r.final_nll) for r in runs(engine).values()} == {("completed", 5.0)}
     fake.respond("sbatch", (0, "9\n", ""), (0, "10\n", ""))
-    result = slurm.submit_cluster(engine, None, force=True, project_dir=str(tmp_path))
+    result = submit_cluster(engine, None, force=True, project_dir=str(tmp_path))
     assert len(result.archived) == 2
     for r in runs(engine).values():
         assert r.state == "pending" and r.job_id in ("9", "10")
-        assert all(getattr(r, c) is None for c in collect.RESULT_COLUMNS), r.name
+        assert all(getattr(r, c) is None for c in db.RESULT_COLUMNS), r.name
     with db.transaction(engine) as session:
         assert session.query(db.Metric).count() == 0
 
@@ -370,13 +382,13 @@ def test_env_override_of_templates(tmp_path, fake, monkeypatch):
     (tpl / "job.sbatch.j2").write_text(
         "#!/bin/bash\n#SBATCH --job-name={{ job_name }}\necho {{ jobs[0].name | q }}\n"
     )
-    monkeypatch.setenv(slurm.TEMPLATE_DIR_ENV, str(tpl))
-    result = slurm.submit_cluster(engine, None, dry_run=True, project_dir=str(tmp_path))
+    monkeypatch.setenv(render.TEMPLATE_DIR_ENV, str(tpl))
+    result = submit_cluster(engine, None, dry_run=True, project_dir=str(tmp_path))
     assert (
         Path(result.scripts[0]).read_text()
         == "#!/bin/bash\n#SBATCH --job-name=tiny-baseline\necho baseline\n"
     )
-    monkeypatch.setenv(slurm.TEMPLATE_DIR_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(render.TEMPLATE_DIR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(Exception, match="REATT_SLURM_TEMPLATES"):
-        slurm.submit_cluster(engine, None, dry_run=True, project_dir=str(tmp_path))
-    assert os.environ[slurm.TEMPLATE_DIR_ENV]
+        submit_cluster(engine, None, dry_run=True, project_dir=str(tmp_path))
+    assert os.environ[render.TEMPLATE_DIR_ENV]

@@ -20,8 +20,17 @@ from pathlib import Path
 
 import pytest
 from slurm_helpers import REPO_ROOT, SlurmCluster
+from test_slurm_errors import submit_cluster
 
-from reatt import db, plan, rundir, slurm, states, status
+from reatt import rundir, states
+from reatt.executors.slurm.logs import ended_by
+from reatt.report.build import build_report
+from reatt.report.write import write_report
+from reatt.study import status
+from reatt.study import store as db
+from reatt.study.collect import collect
+from reatt.study.plan import plan_study
+from reatt.study.spec import load_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -55,7 +64,7 @@ def setup_study(tmp_path: Path, name: str, runs_toml: str, iters: int = 20, eval
         + runs_toml
     )
     engine = db.open_db(tmp_path / "results.db")
-    plan.plan_study(plan.load_spec(spec), engine)
+    plan_study(load_spec(spec), engine)
     return engine
 
 
@@ -103,7 +112,7 @@ def test_study_one_job_per_run_failure_and_resubmit_failed(slurm_cluster: SlurmC
     )
     engine = setup_study(tmp_path, "it-jobs", runs_toml)
     t0 = time.monotonic()
-    result = slurm.submit_cluster(engine, "it-jobs", project_dir=str(REPO_ROOT))
+    result = submit_cluster(engine, "it-jobs", project_dir=str(REPO_ROOT))
     assert time.monotonic() - t0 < 30  # returns once queued, never waits for the jobs
     assert [n for n, _ in result.submitted] == ["baseline", "rope", "bad"]
     ids = dict(result.submitted)
@@ -124,20 +133,16 @@ def test_study_one_job_per_run_failure_and_resubmit_failed(slurm_cluster: SlurmC
     assert f"reatt: run baseline, job {ids['baseline']}, attempt 1" in out and "python exited 0" in out
     assert "python exited 1" in (log_dir / f"it-jobs-bad-{ids['bad']}.out").read_text()
 
-    from reatt import collect, report
-
-    collect.collect(engine, "it-jobs")
+    collect(engine, "it-jobs")
     with db.transaction(engine) as session:
         nll = {r.name: r.final_nll for r in db.get_study(session, "it-jobs").runs}
     assert nll["baseline"] is not None and nll["rope"] is not None and nll["bad"] is None
-    written = report.write_report(
-        report.build_report(engine, "it-jobs"), tmp_path / "report", formats=("csv",)
-    )
+    written = write_report(build_report(engine, "it-jobs"), tmp_path / "report", formats=("csv",))
     assert written and all(Path(p).exists() for p in written)
 
     # fix the data; --resubmit-failed sends exactly the failed run
     write_jsonl(data)
-    again = slurm.submit_cluster(engine, "it-jobs", resubmit_failed=True, project_dir=str(REPO_ROOT))
+    again = submit_cluster(engine, "it-jobs", resubmit_failed=True, project_dir=str(REPO_ROOT))
     assert [n for n, _ in again.submitted] == ["bad"]
     assert again.skipped == [("baseline", "completed"), ("rope", "completed")]
     statuses, seen = wait_until_done(engine, "it-jobs")
@@ -151,7 +156,7 @@ def test_array_task_requeued_by_usr1_resumes_exactly(slurm_cluster: SlurmCluster
     """Two identical runs in one array; task 0 gets USR1 mid-run (as before a time limit)."""
     runs_toml = "[runs.a]\nfeatures = []\n[runs.b]\nfeatures = []\n"
     engine = setup_study(tmp_path, "it-array", runs_toml, iters=120, eval_interval=20)
-    result = slurm.submit_cluster(engine, "it-array", array=True, throttle=2, project_dir=str(REPO_ROOT))
+    result = submit_cluster(engine, "it-array", array=True, throttle=2, project_dir=str(REPO_ROOT))
     ids = dict(result.submitted)
     array_id = ids["a"].split("_")[0]
     assert ids == {"a": f"{array_id}_0", "b": f"{array_id}_1"}
@@ -188,7 +193,7 @@ def test_array_task_requeued_by_usr1_resumes_exactly(slurm_cluster: SlurmCluster
     # "CANCELLED ... DUE TO JOB REQUEUE" of the requeue, if written, belongs to attempt 1)
     err_a = log_dir / f"it-array-{ids['a']}.err"
     assert len(list(rundir.ATTEMPT_LINE.finditer(err_a.read_text()))) == 2
-    assert rundir.state_from_err(rundir.attempt_err(err_a)) is None
+    assert ended_by(rundir.attempt_text(err_a)) is None
 
     rows_a, rows_b = loss_rows(work["a"]), loss_rows(work["b"])
     steps = [int(r["step"]) for r in rows_a]
@@ -206,13 +211,13 @@ def test_cancel_stops_a_running_job(slurm_cluster: SlurmCluster, tmp_path: Path)
     engine = setup_study(
         tmp_path, "it-cancel", "[runs.long]\nfeatures = []\n", iters=5000, eval_interval=1000
     )
-    result = slurm.submit_cluster(engine, "it-cancel", project_dir=str(REPO_ROOT))
+    result = submit_cluster(engine, "it-cancel", project_dir=str(REPO_ROOT))
     job_id = result.submitted[0][1]
     deadline = time.monotonic() + 120
     while status.refresh(engine, "it-cancel")[1][0].state != "running":
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.5)
-    assert slurm.cancel(engine, "it-cancel") == [job_id]
+    assert status.cancel(engine, "it-cancel") == [job_id]
     statuses, seen = wait_until_done(engine, "it-cancel", timeout=120)
     assert statuses[0].state == "cancelled", seen
-    assert slurm.cancel(engine, "it-cancel") == []
+    assert status.cancel(engine, "it-cancel") == []

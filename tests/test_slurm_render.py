@@ -24,16 +24,11 @@ from pathlib import Path
 import pytest
 
 from reatt.errors import SpecError
-from reatt.plan import TRAIN_ENV, JobSpec, SlurmSettings
+from reatt.executors.slurm.render import ScriptContext, array_spec, render_array_script, render_job_script
+from reatt.executors.slurm.settings import SlurmSettings, check_settings, time_limit_seconds
 from reatt.rundir import ATTEMPT_LINE
-from reatt.slurm import (
-    ScriptContext,
-    array_spec,
-    check_settings,
-    render_array_script,
-    render_job_script,
-    time_limit_seconds,
-)
+from reatt.study.spec import JobSpec
+from reatt.train import TRAIN_ENV
 
 GOLDEN = Path(__file__).parent / "golden"
 BASH = shutil.which("bash")

@@ -11,15 +11,41 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_slurm_errors import FakeSlurm, make_study, runs
+from test_slurm_errors import FakeSlurm, make_study, runs, submit_cluster
 
-from reatt import db, rundir, slurm, states, status
+from reatt import rundir, states
 from reatt.errors import StudyError
-from reatt.slurm import JobInfo
+from reatt.executors import processes
+from reatt.executors.base import read_files
+from reatt.executors.slurm import client
+from reatt.executors.slurm import executor as slurm_executor
+from reatt.executors.slurm.client import JobInfo
+from reatt.executors.slurm.executor import job_evidence
+from reatt.executors.slurm.logs import ended_by, last_err_line
+from reatt.files import this_host, utc_now
+from reatt.states import RunState
+from reatt.study import status
+from reatt.study import store as db
+from reatt.study.submit import select_runs
+from reatt.transitions import next_state
+
+
+def map_slurm_state(info, work_dir, out_file=None):
+    """A run's (state, reason) from what Slurm says about its job (a pending run before)."""
+    return next_state(RunState(states.PENDING), job_evidence(info, work_dir, out_file))
+
+
+def state_from_files(work_dir, err_file):
+    """A stopped run's (state, reason) from its files and its job's .err file alone."""
+    return next_state(
+        RunState(states.PENDING), read_files(work_dir, ended_by=ended_by(rundir.attempt_text(err_file)))
+    )
+
 
 SQUEUE = ["squeue", "-h", "-r", "-t", "all", "-j"]
 SQUEUE_FORMAT = ["-o", "%i|%T|%r"]
@@ -36,7 +62,7 @@ def submitted_study(tmp_path, fake, features=3, first_id=101):
     engine = make_study(tmp_path, features=features)
     n = len(runs(engine))
     fake.respond("sbatch", *[(0, f"{first_id + i}\n", "") for i in range(n)])
-    slurm.submit_cluster(engine, None, project_dir=str(tmp_path))
+    submit_cluster(engine, None, project_dir=str(tmp_path))
     (fake.root / "calls.jsonl").unlink()
     for name in ("sbatch", "squeue", "sacct", "scontrol"):
         (fake.root / f"{name}.json").unlink(missing_ok=True)
@@ -177,7 +203,7 @@ def test_pending_jobs_keep_their_reason_and_requeued_ones_show(tmp_path, fake):
 def test_array_tasks(tmp_path, fake):
     engine = make_study(tmp_path, features=1)
     fake.respond("sbatch", (0, "300\n", ""))
-    slurm.submit_cluster(engine, None, array=True, project_dir=str(tmp_path))
+    submit_cluster(engine, None, array=True, project_dir=str(tmp_path))
     write_final(engine, "f0")
     fake.respond("squeue", (0, "300_0|RUNNING|None\n", ""))
     fake.respond("sacct", (0, "300_1|COMPLETED|0:0|00:00:30\n", ""))
@@ -191,7 +217,7 @@ def test_array_tasks_cancelled_before_they_started(tmp_path, fake):
     """sacct shows unstarted tasks only as a range of the array: 12_[1-3%1] (squeue -r, one per line)."""
     engine = make_study(tmp_path, features=3)  # 5 runs
     fake.respond("sbatch", (0, "12\n", ""))
-    slurm.submit_cluster(engine, None, array=True, throttle=1, project_dir=str(tmp_path))
+    submit_cluster(engine, None, array=True, throttle=1, project_dir=str(tmp_path))
     fake.respond("squeue", (0, "12_4|CANCELLED|JobArrayTaskLimit\n", ""))  # still in the controller
     fake.respond(
         "sacct", (0, "12_0|CANCELLED by 0|0:15|00:00:02\n12_[1-3%1]|CANCELLED by 0|0:0|00:00:00\n", "")
@@ -202,11 +228,11 @@ def test_array_tasks_cancelled_before_they_started(tmp_path, fake):
 
 
 def test_array_ranges():
-    assert slurm._task_ids("1-3%1") == ["1", "2", "3"]
-    assert slurm._task_ids("0,4-5") == ["0", "4", "5"]
-    assert slurm._task_ids("0-6:3") == ["0", "3", "6"]
-    assert slurm._job_ids("12_[1-2,7%2]") == ["12_1", "12_2", "12_7"]
-    assert slurm._job_ids("12_3") == ["12_3"] and slurm._job_ids("12.batch") == ["12.batch"]
+    assert client.task_ids("1-3%1") == ["1", "2", "3"]
+    assert client.task_ids("0,4-5") == ["0", "4", "5"]
+    assert client.task_ids("0-6:3") == ["0", "3", "6"]
+    assert client.expand_job_ids("12_[1-2,7%2]") == ["12_1", "12_2", "12_7"]
+    assert client.expand_job_ids("12_3") == ["12_3"] and client.expand_job_ids("12.batch") == ["12.batch"]
 
 
 def test_failed_reason_from_the_err_file(tmp_path, fake):
@@ -249,7 +275,7 @@ def test_vanished_job_without_accounting_record_is_read_from_files_after_a_while
     fake.respond("sacct", (0, "", ""))
     _, got = status.refresh(engine, None)
     assert [s.state for s in got] == ["pending", "pending"]  # just now: maybe sacct lags
-    monkeypatch.setattr(status, "ACCOUNTING_GRACE_S", -1.0)  # long after: not lag any more
+    monkeypatch.setattr(slurm_executor, "ACCOUNTING_GRACE_S", -1.0)  # long after: not lag any more
     _, got = status.refresh(engine, None)
     assert [(s.state, s.reason) for s in got] == [("failed", "NaN loss"), ("unknown", "no run directory")]
 
@@ -271,7 +297,7 @@ def test_loss_columns_and_elapsed(tmp_path, fake):
 
 def test_a_submit_during_refresh_is_not_overwritten(tmp_path, fake, monkeypatch):
     engine = submitted_study(tmp_path, fake, features=1)
-    real = slurm.query_jobs
+    real = client.query_jobs
 
     def query_while_resubmitted(ids):
         answer = real(ids)
@@ -280,7 +306,7 @@ def test_a_submit_during_refresh_is_not_overwritten(tmp_path, fake, monkeypatch)
             run.job_id, run.state = "200", states.PENDING
         return answer
 
-    monkeypatch.setattr(slurm, "query_jobs", query_while_resubmitted)
+    monkeypatch.setattr(client, "query_jobs", query_while_resubmitted)
     fake.respond("squeue", (0, "", ""))
     fake.respond("sacct", (0, "101|FAILED|1:0|00:00:01\n102|FAILED|1:0|00:00:01\n", ""))
     _, got = status.refresh(engine, None)
@@ -317,14 +343,14 @@ def test_state_mapping(tmp_path, slurm_state, final, expected):
             json.dumps({"status": final, "error": "x" if final == "failed" else None})
         )
     info = JobInfo("1", slurm_state, "sacct", exit_code="0:0")
-    assert status.map_slurm_state(info, tmp_path)[0] == expected
+    assert map_slurm_state(info, tmp_path)[0] == expected
 
 
 def test_pending_after_a_restart_is_requeued(tmp_path):
     info = JobInfo("1", "PENDING", "squeue", reason="BeginTime")
     out = tmp_path / "tiny-x-1.out"
     out.write_text("reatt: run x, job 1, attempt 1\n")  # Slurm wrote it: the job ran before
-    assert status.map_slurm_state(info, tmp_path, out) == ("requeued", "BeginTime")
+    assert map_slurm_state(info, tmp_path, out) == ("requeued", "BeginTime")
 
 
 # ------------------------------------------------- the .err file: attempts, requeues, reasons
@@ -361,7 +387,7 @@ OOM = "slurmstepd: error: Detected 1 oom-kill event(s) in StepId=101.batch. Some
 def test_state_from_the_err_file_of_the_latest_attempt(tmp_path, err, expected):
     (tmp_path / "ckpt.pt").write_bytes(b"x")
     (tmp_path / "job.err").write_text(err)
-    state, reason = rundir.state_from_files(tmp_path, tmp_path / "job.err")
+    state, reason = state_from_files(tmp_path, tmp_path / "job.err")
     assert state == expected, reason
     if expected == "failed" and "NODE" in err:
         assert reason == "Slurm: node failure"
@@ -371,13 +397,13 @@ def test_tails_start_at_a_whole_line(tmp_path):
     """loss.csv and .err files are read from their tail (rundir.read_tail), never from a cut line."""
     path = tmp_path / "loss.csv"
     path.write_text("step,loss,val_loss,lr,tokens,elapsed_s\n125,1.5,1.4,5e-4,1280,2.5\nnot a row\n")
-    assert rundir.last_loss_row(path)["step"] == 125
+    assert rundir.last_loss_row(path).step == 125
     assert rundir.last_loss_row(path, max_bytes=35) is None  # not step 25 from "...25,1.5,1.4,..."
     assert rundir.read_tail(path, max_bytes=35) == "not a row\n"
     err = tmp_path / "job.err"
     err.write_text(ATTEMPT.format(n=1) + "x" * 100_000 + "\n" + ATTEMPT.format(n=2) + "boom\n")
-    assert rundir.attempt_err(err).strip() == "boom" and rundir.last_err_line(err) == "boom"
-    assert rundir.attempt_err(None) == "" and rundir.last_err_line(tmp_path / "none.err") is None
+    assert rundir.attempt_text(err).strip() == "boom" and last_err_line(err) == "boom"
+    assert rundir.attempt_text(None) == "" and last_err_line(tmp_path / "none.err") is None
 
 
 def test_failed_reason_is_the_latest_attempts_last_err_line(tmp_path, fake):
@@ -404,7 +430,7 @@ def test_without_slurm_the_err_file_is_a_hint_never_a_recorded_state(tmp_path, f
     log_dir = tmp_path / "out" / "slurm"
     (log_dir / "tiny-baseline-101.err").write_text(ATTEMPT.format(n=1) + end_line("PREEMPTION"))
     wd = write_final(engine, "f0", "failed", error="an earlier attempt's error")
-    old = (db.utc_now() - dt.timedelta(hours=1)).timestamp()
+    old = (utc_now() - dt.timedelta(hours=1)).timestamp()
     os.utime(wd / "final.json", (old, old))  # written before job 102 was submitted
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     _, got = status.refresh(engine, None)
@@ -466,8 +492,6 @@ def test_local_runs_alive_or_from_files(tmp_path):
 
 def test_local_job_ids_with_a_host(tmp_path):
     """local.py records ``local:<host>:<pid>`` (and, while a submit starts the run, its own pid)."""
-    from reatt import local
-
     engine = make_study(tmp_path, features=2)  # baseline, f0, f1, all
     train = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "reatt.train"])
     submit = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -475,16 +499,16 @@ def test_local_job_ids_with_a_host(tmp_path):
         with db.transaction(engine) as session:
             by = {r.name: r for r in db.get_study(session, None).runs}
             for r in by.values():
-                r.executor, r.state, r.submitted_at = "local", states.RUNNING, db.utc_now()
-            by["baseline"].job_id = local.local_job_id(train.pid)
-            by["f0"].job_id = f"local:{local.this_host()}-elsewhere:{train.pid}"
+                r.executor, r.state, r.submitted_at = "local", states.RUNNING, utc_now()
+            by["baseline"].job_id = processes.local_job_id(train.pid)
+            by["f0"].job_id = f"local:{this_host()}-elsewhere:{train.pid}"
             by["f1"].state, by["f1"].state_reason = states.PENDING, "starting (reatt submit, local)"
-            by["f1"].job_id = local.local_job_id(submit.pid)
-            by["all"].job_id = local.local_job_id(submit.pid)  # running, but not reatt.train
+            by["f1"].job_id = processes.local_job_id(submit.pid)
+            by["all"].job_id = processes.local_job_id(submit.pid)  # running, but not reatt.train
         _, got = status.refresh(engine, None)
         assert [(s.state, s.reason) for s in got] == [
             ("running", None),
-            ("running", f"runs on {local.this_host()}-elsewhere (pid {train.pid}); "
+            ("running", f"runs on {this_host()}-elsewhere (pid {train.pid}); "
                         "`reatt status` there tells whether it still runs"),
             ("pending", "starting (reatt submit, local)"),
             ("unknown", f"the local process {submit.pid} is gone; no run directory"),
@@ -520,29 +544,59 @@ ALL = [
 
 
 def test_select_default_is_planned_only():
-    chosen, skipped = status.select_runs(ALL, resubmit_failed=False, force=False)
+    chosen, skipped = select_runs(ALL, resubmit_failed=False, force=False)
     assert [r.name for r in chosen] == ["a"]
     assert skipped == [(r.name, r.state) for r in ALL[1:]]
 
 
 def test_select_resubmit_failed():
-    chosen, skipped = status.select_runs(ALL, resubmit_failed=True, force=False)
+    chosen, skipped = select_runs(ALL, resubmit_failed=True, force=False)
     assert [r.name for r in chosen] == ["a", "c", "d", "e", "f", "g", "h", "i"]
     assert skipped == [("b", "completed")]
 
 
 def test_select_force_takes_all_but_refuses_active_runs():
-    chosen, skipped = status.select_runs(ALL, resubmit_failed=False, force=True)
+    chosen, skipped = select_runs(ALL, resubmit_failed=False, force=True)
     assert chosen == ALL and skipped == []
     active = [*ALL, _run("p", "pending", "8"), _run("r", "running", "9"), _run("q", "requeued", "10")]
     with pytest.raises(StudyError) as e:
-        status.select_runs(active, resubmit_failed=True, force=True)
+        select_runs(active, resubmit_failed=True, force=True)
     assert "p (pending, job 8), r (running, job 9), q (requeued, job 10)" in str(e.value)
     assert "reatt cancel" in str(e.value)
 
 
 def test_status_module_has_no_heavy_imports():
     heavy = "('torch', 'pandas', 'jinja2', 'numpy')"
-    code = f"import sys, reatt.status; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = f"import sys, reatt.study.status; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_cancel_stops_local_training_processes_of_this_machine_only(tmp_path):
+    """`reatt cancel` SIGTERMs a local run's training process (it checkpoints and exits 75); a run
+    still being started (its id is the submit's own process) or on another host is left alone."""
+    engine = make_study(tmp_path, features=2)  # baseline, f0, f1, all
+    sleeper = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); time.sleep(60)"
+    )
+    train = subprocess.Popen([sys.executable, "-c", sleeper, "-m", "reatt.train"])
+    submit_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)  # both have set up
+        with db.transaction(engine) as session:
+            by = {r.name: r for r in db.get_study(session, None).runs}
+            for r in by.values():
+                r.executor, r.submitted_at = "local", utc_now()
+            by["baseline"].state, by["baseline"].job_id = states.RUNNING, processes.local_job_id(train.pid)
+            by["f0"].state, by["f0"].job_id = states.PENDING, processes.local_job_id(submit_proc.pid)
+            by["f1"].state, by["f1"].job_id = states.RUNNING, f"local:{this_host()}-elsewhere:{train.pid}"
+        assert status.cancel(engine, None) == [processes.local_job_id(train.pid)]
+        assert train.wait(timeout=30) == 75  # asked to stop: it checkpoints and exits
+        assert submit_proc.poll() is None  # the submit starting f0 was not touched
+        got = runs(engine)
+        assert "reatt cancel" in got["baseline"].state_reason
+        assert got["f0"].state == states.PENDING and "reatt cancel" not in (got["f0"].state_reason or "")
+    finally:
+        for p in (train, submit_proc):
+            p.kill()
+            p.wait()

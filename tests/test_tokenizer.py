@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reatt import tokenizer as T
 from reatt.errors import TokenizerError
+from reatt.training import tokenizer as T
 
 HELLO_IDS = [15496, 995]
 EOS = 50256
@@ -32,9 +32,9 @@ def offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    T._load_tokenizer.cache_clear()
+    T.forget_loaded()
     yield hf_home
-    T._load_tokenizer.cache_clear()
+    T.forget_loaded()
 
 
 def gpt2_files() -> tuple[Path, Path]:
@@ -131,6 +131,6 @@ def test_an_unknown_name_is_an_error(offline):
 
 def test_fingerprint_is_stable_across_processes(offline):
     here = T.tokenizer_fingerprint(T.load_tokenizer("gpt2"))
-    code = "from reatt.tokenizer import *; print(tokenizer_fingerprint(load_tokenizer('gpt2')))"
+    code = "from reatt.training.tokenizer import *; print(tokenizer_fingerprint(load_tokenizer('gpt2')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == here

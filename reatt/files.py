@@ -1,0 +1,177 @@
+"""Files, locks and the clock: the small facilities every part of reatt shares.
+
+- **Atomic writes.** Readers see the old file or the whole new one, never a part, also after a
+  crash of the machine. The new content goes to a temp file with a unique name in the target's
+  directory (same filesystem, so the rename is atomic); the temp file is flushed and fsynced,
+  renamed over the target with ``os.replace``, and the directory is fsynced (best effort) so the
+  rename itself survives a power loss. On any error the temp file is removed and the target is
+  untouched. Temp files get the usual permissions (umask), not mkstemp's 0600.
+- **Locks.** Both of reatt's locks (a work dir's ``.lock``, a token cache's build lock) are
+  ``filelock.FileLock`` (``flock`` on POSIX). Where the filesystem refuses locks (some NFS
+  mounts), each says so and the caller goes on unlocked, as it documents.
+- **The clock.** ``utc_now`` is reatt's one clock: naive UTC, as the database stores every time;
+  ``utc_iso`` writes it into files, with its offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+def temp_path(path: Path) -> Path:
+    """A unique temp name beside ``path`` (hidden, with this process's pid)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """fsync a directory so renames in it are durable; silently skipped where unsupported."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """``with atomic_writer(p) as f: torch.save(obj, f)``: ``p`` is replaced when the block ends
+    without an error, and left as it was otherwise. ``mode`` is "wb" or "w"; ``open_kwargs``
+    go to ``open`` (encoding, newline)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_writer: mode {mode!r}, expected 'w' or 'wb'")
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, encoding: str = "utf-8") -> None:
+    """Replace ``path`` with ``data`` (text is encoded with ``encoding``, newlines kept as given)."""
+    raw = data.encode(encoding) if isinstance(data, str) else data
+    with atomic_writer(path, "wb") as f:
+        f.write(raw)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` as indented JSON, durably and atomically."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------- locks
+
+
+@dataclass
+class Held:
+    """A lock this process holds (``lock`` is None where the filesystem has no locks)."""
+
+    lock: Any  # filelock.FileLock
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+class LockBusy(Exception):
+    """Another process holds the lock; ``holder`` is what it wrote into the lock file."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
+def try_lock(path: Path, record: str) -> tuple[Held, str | None]:
+    """Take the exclusive lock on ``path`` without waiting, and write ``record`` into the file.
+
+    Returns the hold and None; or, where the filesystem refuses locks (flock raises OSError),
+    an empty hold and the reason, for the caller to warn about. Raises ``LockBusy`` (with what
+    the holder wrote) when another process holds it. The lock lasts until ``release`` or until
+    the process ends, even if it is killed.
+    """
+    from filelock import FileLock, Timeout
+
+    def write_record(fd: int) -> None:  # filelock opens the file without truncating it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+
+    lock = FileLock(path, blocking=False, thread_local=False, on_acquired=write_record)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = path.read_text(errors="replace").strip()
+        except OSError:
+            holder = ""
+        raise LockBusy(path, holder) from None
+    except OSError as e:
+        return Held(None), str(e.strerror or e)
+    return Held(lock), None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[bool]:
+    """Hold the exclusive lock on ``path``, waiting while another process holds it. Yields True,
+    or False (holding nothing) where the filesystem refuses locks."""
+    from filelock import FileLock
+
+    lock = FileLock(path, thread_local=False)
+    try:
+        lock.acquire()
+    except OSError:  # e.g. an NFS mount without locks
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+# ------------------------------------------------------------------------- clock and host
+
+
+def utc_now() -> dt.datetime:
+    """Now, in UTC, without a time zone: how the database stores every time."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def utc_iso(when: dt.datetime | None = None) -> str:
+    """A UTC time (default: now) as ISO 8601 with its offset, to whole seconds: how files say it."""
+    return (when or utc_now()).replace(tzinfo=dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_utc(text: Any) -> dt.datetime | None:
+    """An ISO 8601 time as naive UTC (without an offset it is taken as UTC); None if not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def this_host() -> str:
+    """This machine's short host name (at most 40 characters): local job ids and a work dir's
+    ``.lock`` record it beside a pid, since a pid means nothing on another host."""
+    return socket.gethostname().split(".")[0][:40] or "localhost"

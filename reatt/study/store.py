@@ -1,0 +1,265 @@
+"""The results database: studies, their runs, and every run's logged metrics.
+
+One SQLite file by default (``results.db``); any SQLAlchemy URL works. The schema is the
+SQLAlchemy 2.0 typed ORM below; its version is stored in the ``meta`` table and checked on
+open, so an old reatt never writes into a newer layout (or the reverse).
+
+A run's state is written in one place, ``advance``: the new state comes from
+``reatt.transitions.next_state`` given what was learnt of the run. Times are naive UTC
+(``reatt.files.utc_now``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, object_session, relationship
+
+from reatt.errors import DatabaseError, StudyError
+from reatt.files import utc_now
+from reatt.rundir import FinalRecord
+from reatt.states import PLANNED, Evidence, RunState
+from reatt.transitions import next_state
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "results.db"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Meta(Base):
+    """Key/value facts about the database itself (the schema version)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Study(Base):
+    """One ablation study: a spec expanded into runs. Hand-made runs collected from a
+    directory tree belong to a study with ``matrix == "collected"`` and no spec."""
+
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    spec_path: Mapped[str | None]
+    spec_hash: Mapped[str | None] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any] | None]  # the parsed spec, as planned
+    matrix: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str | None] = mapped_column(String(200))  # the variant others are compared to
+    out_dir: Mapped[str]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+    planned_at: Mapped[dt.datetime] = mapped_column(default=utc_now)  # the latest `reatt plan` of it
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", order_by="Run.position"
+    )
+
+
+class Run(Base):
+    """One job: a variant of the study at one seed, with its state and collected results."""
+
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))  # variant, plus -s<seed> when several seeds
+    variant: Mapped[str] = mapped_column(String(200))
+    seed: Mapped[int]
+    position: Mapped[int]  # order in the plan; the task id in a job array
+    features: Mapped[list[Any]]
+    overrides: Mapped[dict[str, Any]]  # flat "key": value, the run's full set (seed, work_dir too)
+    work_dir: Mapped[str]
+    # --- execution ---
+    state: Mapped[str] = mapped_column(String(32), default=PLANNED)
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    executor: Mapped[str | None] = mapped_column(String(16))  # "local" or "slurm"
+    job_id: Mapped[str | None] = mapped_column(String(64))  # "123" or "123_4" (array task)
+    sbatch_path: Mapped[str | None]
+    submitted_at: Mapped[dt.datetime | None]
+    # --- collected from the run directory ---
+    final_nll: Mapped[float | None] = mapped_column(Float)
+    final_train_loss: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int | None]
+    tokens: Mapped[int | None]
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    mfu: Mapped[float | None] = mapped_column(Float)
+    n_params: Mapped[int | None]
+    n_params_non_embedding: Mapped[int | None]
+    config: Mapped[dict[str, Any] | None]  # the run's config.json
+    files: Mapped[dict[str, Any] | None]  # fingerprints of the files last collected
+    collect_error: Mapped[str | None] = mapped_column(Text)
+    collected_at: Mapped[dt.datetime | None]
+    study: Mapped[Study] = relationship(back_populates="runs")
+    metrics: Mapped[list[Metric]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Metric.step"
+    )
+
+
+class Metric(Base):
+    """One loss.csv row of a run."""
+
+    __tablename__ = "metrics"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None]
+    elapsed_s: Mapped[float | None] = mapped_column(Float)
+    run: Mapped[Run] = relationship(back_populates="metrics")
+
+
+def db_url(db: str | os.PathLike[str] | None) -> str:
+    """A SQLAlchemy URL from a URL or a file path (default: $REATT_DB, else results.db)."""
+    db = db or os.environ.get("REATT_DB") or DEFAULT_DB
+    text = os.fspath(db)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")  # a local submit and a status may write at once
+    cur.close()
+
+
+def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Engine:
+    """Open the database (creating it if new, unless ``create`` is False) and check its schema
+    version. Commands that only read a study pass ``create=False``: run in the wrong directory,
+    they say where they looked instead of leaving an empty results.db behind."""
+    url = db_url(db)
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not create and not path.exists():
+            raise DatabaseError(
+                f"no results database at {path}: run `reatt plan SPEC` here first, "
+                "or point --db (or $REATT_DB) at yours"
+            )
+        if not path.parent.is_dir():
+            raise DatabaseError(f"cannot create the database {path}: {path.parent} is not a directory")
+    try:
+        engine = create_engine(url)
+    except (SQLAlchemyError, ImportError) as e:
+        raise DatabaseError(f"cannot open database {url!r}: {e}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        with Session(engine) as session, session.begin():
+            conn = session.connection()
+            existing = set(engine.dialect.get_table_names(conn))
+            if "meta" in existing:
+                row = session.get(Meta, "schema_version")
+                found = row.value if row else None
+                if found != str(SCHEMA_VERSION):
+                    raise DatabaseError(
+                        f"{url}: schema version {found}, but this reatt uses version {SCHEMA_VERSION}; "
+                        "use another --db or a matching reatt version"
+                    )
+            elif existing & {"studies", "runs", "metrics"}:
+                raise DatabaseError(f"{url}: has reatt-like tables but no schema version; not touching it")
+            else:
+                Base.metadata.create_all(conn)
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+    except OperationalError as e:
+        raise DatabaseError(f"cannot open database {url!r}: {e.orig}") from None
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction: committed at the end, rolled back on any error.
+
+    A database error (locked for longer than the busy timeout by another reatt command, a
+    read-only file, a full disk) becomes a DatabaseError naming the database.
+    """
+    try:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    except OperationalError as e:
+        hint = (
+            "; another reatt command (a long collect?) holds it: try again" if "locked" in str(e.orig) else ""
+        )
+        raise DatabaseError(
+            f"database {engine.url.render_as_string(hide_password=True)}: {e.orig}{hint}"
+        ) from None
+
+
+def get_study(session: Session, name: str | None) -> Study:
+    """The study called ``name``; without a name, the planned study given most recently to
+    `reatt plan` (studies made by `reatt collect PATH` are only chosen by name)."""
+    if name:
+        study = session.scalar(select(Study).where(Study.name == name))
+        if study is None:
+            known = session.scalars(select(Study.name).order_by(Study.name)).all()
+            hint = f"; known studies: {', '.join(known)}" if known else "; run `reatt plan SPEC` first"
+            raise StudyError(f"no study named {name!r} in the database{hint}")
+        return study
+    study = session.scalar(
+        select(Study)
+        .where(Study.spec_hash.is_not(None))
+        .order_by(Study.planned_at.desc(), Study.id.desc())
+        .limit(1)
+    )
+    if study is None:
+        collected = session.scalars(select(Study.name).order_by(Study.name)).all()
+        if collected:
+            raise StudyError(
+                f"no planned study in the database; name one with --study (collected: {', '.join(collected)})"
+            )
+        raise StudyError("the database holds no study yet; run `reatt plan SPEC` first")
+    return study
+
+
+# ----------------------------------------------------------------------------- a run's state
+
+
+def advance(run: Run, evidence: Evidence) -> RunState:
+    """Record what ``evidence`` makes of the run's state (``transitions.next_state``): the one place
+    that writes ``Run.state``. Returns the new state."""
+    new = next_state(RunState(run.state, run.state_reason), evidence)
+    if (run.state, run.state_reason) != (new.state, new.reason):
+        run.state, run.state_reason = new.state, new.reason
+    return new
+
+
+# the final.json fields a Run row holds, and every Run column collect fills from a run
+# directory (``clear_results`` empties them)
+FINAL_COLUMNS = tuple(f.name for f in fields(FinalRecord) if f.name in Run.__table__.columns)
+RESULT_COLUMNS = (*FINAL_COLUMNS, "config", "files", "collect_error", "collected_at")
+
+
+def clear_results(run: Run) -> None:
+    """Forget what collect read from a run's directory: its result columns and its metrics rows.
+    For a run that starts over in a new directory (``--force``); the next collect reads the new
+    directory whole."""
+    for column in RESULT_COLUMNS:
+        setattr(run, column, None)
+    session = object_session(run)
+    if session is not None and run.id is not None:
+        session.execute(delete(Metric).where(Metric.run_id == run.id))

@@ -1,0 +1,279 @@
+"""A minGPT-style GPT with the three architecture toggles of the ablation.
+
+- ``model.swiglu``: the MLP becomes ``W2(SiLU(W1 x) * W3 x)``.
+- ``model.rmsnorm``: every LayerNorm (``ln_f`` included) becomes ``RMSNorm``.
+- ``model.rope``: rotary position embeddings on q and k, and no learned position table.
+
+Rotation convention (RoPE): **half-split**, as in GPT-NeoX and Llama. A head vector of size
+``hs`` is split into halves ``x1 = x[..., :hs/2]`` and ``x2 = x[..., hs/2:]``; pair ``i`` is
+``(x1[i], x2[i])`` and rotates by angle ``pos * base ** (-2i / hs)``:
+``out = cat(x1 cos - x2 sin, x2 cos + x1 sin)``. (The interleaved convention of the original
+paper pairs ``x[2i], x[2i+1]`` instead; the two differ by a fixed permutation of q and k.)
+
+Attention is causal through ``torch.nn.functional.scaled_dot_product_attention``.
+The lm_head is a separate Linear, not tied to the token embedding (as in minGPT).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from reatt.training.config import CfgNode, model_dims
+
+
+def swiglu_hidden_size(n_embd: int) -> int:
+    """Hidden width that gives SwiGLU (3 matrices) the parameters of the 4x GELU MLP (2 matrices).
+
+    3 * h * d == 2 * 4d * d  =>  h = 8d/3, rounded up to a multiple of 8.
+    """
+    return 8 * math.ceil(8 * n_embd / 3 / 8)
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight; equal to torch.nn.RMSNorm(dim, eps)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # the mean of squares in fp32, also under bf16 autocast
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.type_as(x) * self.weight
+
+
+def make_norm(config: CfgNode, dim: int) -> nn.Module:
+    if config.rmsnorm:
+        return RMSNorm(dim, eps=config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for half-split rotary embeddings, up to ``block_size`` positions."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def __init__(self, head_size: int, block_size: int, base: float) -> None:
+        super().__init__()
+        assert head_size % 2 == 0, "RoPE needs an even head size"
+        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # (T, hs/2)
+        # not persistent: derived from the config, so checkpoints stay free of them
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` of shape (B, nh, T, hs) by its positions 0..T-1."""
+        T = x.size(-2)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)  # (T, hs/2)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: CfgNode, n_embd: int, n_head: int, block_size: int) -> None:
+        super().__init__()
+        assert n_embd % n_head == 0
+        self.n_head = n_head
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.attn_pdrop = config.attn_pdrop
+        self.rotary = Rotary(n_embd // n_head, block_size, config.rope_base) if config.rope else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        dropout = self.attn_pdrop if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2's MLP: c_proj(GELU(c_fc x)), hidden width 4 * n_embd."""
+
+    def __init__(self, config: CfgNode, n_embd: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class SwiGLU(nn.Module):
+    """W2(SiLU(W1 x) * W3 x); ``w2`` plays the role of GPT-2's c_proj."""
+
+    def __init__(self, config: CfgNode, n_embd: int) -> None:
+        super().__init__()
+        hidden = config.swiglu_hidden or swiglu_hidden_size(n_embd)
+        self.w1 = nn.Linear(n_embd, hidden, bias=config.bias)  # gate
+        self.w3 = nn.Linear(n_embd, hidden, bias=config.bias)  # value
+        self.c_proj = nn.Linear(hidden, n_embd, bias=config.bias)  # W2
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: CfgNode, n_embd: int, n_head: int, block_size: int) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config, n_embd)
+        self.attn = CausalSelfAttention(config, n_embd, n_head, block_size)
+        self.ln_2 = make_norm(config, n_embd)
+        self.mlp: nn.Module = SwiGLU(config, n_embd) if config.swiglu else MLP(config, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT language model. ``config`` is the ``model`` node of the config tree."""
+
+    def __init__(self, config: CfgNode, vocab_size: int, block_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.n_layer, self.n_head, self.n_embd = model_dims(config)
+        self.vocab_size, self.block_size = vocab_size, block_size
+        d = self.n_embd
+        self.wte = nn.Embedding(vocab_size, d)
+        # RoPE carries position inside attention: no learned position table is created
+        self.wpe = None if config.rope else nn.Embedding(block_size, d)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config, d, self.n_head, block_size) for _ in range(self.n_layer))
+        self.ln_f = make_norm(config, d)
+        self.lm_head = nn.Linear(d, vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; ``non_embedding`` leaves out the token and position tables
+        (the lm_head, a matmul, is counted)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 per matmul parameter plus attention (PaLM appendix B)."""
+        attn = 12 * self.n_layer * self.n_embd * self.block_size
+        return 6.0 * self.num_params(non_embedding=True) + attn
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.size()
+        assert T <= self.block_size, f"sequence of {T} tokens exceeds block_size {self.block_size}"
+        x = self.wte(idx)  # (B, T, d)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    def configure_optimizer(self, train_config: CfgNode) -> torch.optim.AdamW:
+        """AdamW with minGPT's split: Linear weights decay; biases, norms and embeddings do not."""
+        decay, no_decay = set(), set()
+        for mn, m in self.named_modules():
+            for pn, _ in m.named_parameters(recurse=False):
+                full = f"{mn}.{pn}" if mn else pn
+                if pn == "weight" and isinstance(m, nn.Linear):
+                    decay.add(full)
+                else:  # biases, LayerNorm/RMSNorm weights, Embedding tables
+                    no_decay.add(full)
+        params = dict(self.named_parameters())
+        assert decay.isdisjoint(no_decay) and decay | no_decay == set(params)
+        groups = [
+            {"params": [params[n] for n in sorted(decay)], "weight_decay": train_config.weight_decay},
+            {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=train_config.learning_rate, betas=tuple(train_config.betas))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``max_new_tokens`` continuations of ``idx`` (B, T), cropping to block_size.
+
+        A separate ``generator`` keeps sampling from disturbing the training RNG stream.
+        """
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.block_size :]
+            logits, _ = self(ctx)
+            logits = logits[:, -1, :].float() / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            probs = F.softmax(logits, dim=-1)
+            nxt = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx
+
+    def describe(self) -> dict[str, Any]:
+        """Resolved dimensions and parameter counts, for config.json and final.json."""
+        mlp_hidden = (
+            (self.config.swiglu_hidden or swiglu_hidden_size(self.n_embd))
+            if self.config.swiglu
+            else 4 * self.n_embd
+        )
+        return {
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_embd": self.n_embd,
+            "vocab_size": self.vocab_size,
+            "block_size": self.block_size,
+            "mlp_hidden": mlp_hidden,
+            "n_params": self.num_params(),
+            "n_params_non_embedding": self.num_params(non_embedding=True),
+            "flops_per_token": self.flops_per_token(),
+        }

@@ -1,0 +1,265 @@
+"""The training loop: AdamW, gradient clipping, a pure LR schedule, held-out evaluation.
+
+``Trainer.run()`` is a plain loop with callbacks (minGPT's ``on_batch_end``); what happens
+around it (the run directory, checkpoints, signals, progress) lives in ``reatt.train``.
+Everything a resumed run needs to continue exactly as an uninterrupted one is in
+``Trainer.state_dict()``: model, optimizer, step, RNG states, loss accumulators, counters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from reatt.training.config import CfgNode
+
+if TYPE_CHECKING:
+    from reatt.training.model import GPT
+
+# Dense bf16 peak FLOP/s by device-name substring, most specific first (vendor datasheets).
+# Devices not listed get mfu = null: never a guess.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10", 125e12),
+    ("L4", 121e12),
+)
+
+
+def peak_flops(device_name: str, bf16: bool) -> float | None:
+    """The device's peak dense bf16 FLOP/s if known (and bf16 is in use), else None."""
+    if not bf16:
+        return None
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def get_lr(
+    it: int,
+    *,
+    learning_rate: float,
+    warmup_steps: int,
+    use_cosine: bool,
+    min_lr: float,
+    max_iters: int,
+) -> float:
+    """Learning rate at step ``it`` (0-based), a pure function of the schedule settings.
+
+    - warmup (``warmup_steps > 0``): linear from 0 towards ``learning_rate``:
+      ``lr * (it + 1) / (warmup_steps + 1)`` for ``it < warmup_steps``, reaching exactly
+      ``learning_rate`` at ``it == warmup_steps``;
+    - cosine (``use_cosine``): from ``learning_rate`` at ``warmup_steps`` down to ``min_lr``
+      at ``max_iters`` (half a cosine period);
+    - otherwise constant ``learning_rate``. The two toggles are independent.
+    """
+    if warmup_steps > 0 and it < warmup_steps:
+        return learning_rate * (it + 1) / (warmup_steps + 1)
+    if not use_cosine:
+        return learning_rate
+    progress = min(1.0, (it - warmup_steps) / max(1, max_iters - warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+def lr_at(it: int, tc: CfgNode) -> float:
+    """``get_lr`` with the settings of a ``trainer`` config node."""
+    return get_lr(
+        it,
+        learning_rate=tc.learning_rate,
+        warmup_steps=tc.warmup_steps,
+        use_cosine=tc.use_cosine,
+        min_lr=tc.min_lr,
+        max_iters=tc.max_iters,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``trainer.device`` names, checked against this machine (ConfigError if absent)."""
+    from reatt.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={name!r} but CUDA is not available on this machine")
+        index = name.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"trainer.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"trainer.device={name!r}: {e}") from None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+class Trainer:
+    """Trains ``model`` on batches ``train_dataset[k]``, k = step * batch_size + i."""
+
+    def __init__(
+        self,
+        config: CfgNode,
+        model: GPT,
+        train_dataset: Dataset,
+        eval_x: torch.Tensor,
+        eval_y: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.model = model  # the plain module: its state_dict is what checkpoints hold
+        self.device = device
+        self.train_dataset = train_dataset
+        self.eval_x, self.eval_y = eval_x, eval_y
+        self.optimizer = model.configure_optimizer(config)
+        self.autocast_bf16 = device.type == "cuda" and config.amp
+        self.forward_model: Callable[..., Any] = torch.compile(model) if config.compile else model
+        self.callbacks: dict[str, list[Callable[[Trainer], None]]] = defaultdict(list)
+        # progress, all restored on resume
+        self.iter_num = 0  # optimizer steps completed
+        self.tokens = 0  # training tokens seen
+        self.train_time = 0.0  # seconds spent in training steps (evaluation excluded)
+        self.loss_sum = 0.0  # train loss summed since the last logged row
+        self.loss_count = 0
+        self.last_loss = float("nan")  # loss of the latest step
+        self.last_mean_loss: float | None = None  # what take_mean_loss last returned (the last row's)
+        self.lr = lr_at(0, config)
+        self.stop = False  # a callback may set this to end run() after the current step
+
+    # --- callbacks (minGPT style) ---
+    def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
+        self.callbacks[event].append(fn)
+
+    def trigger_callbacks(self, event: str) -> None:
+        for fn in self.callbacks.get(event, []):
+            fn(self)
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.autocast_bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # --- loss bookkeeping for loss.csv ---
+    def take_mean_loss(self) -> float | None:
+        """Mean train loss since the previous call (None if no step ran), then reset."""
+        if self.loss_count == 0:
+            return None
+        mean = self.loss_sum / self.loss_count
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last_mean_loss = mean
+        return mean
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean held-out NLL (nats/token) over the fixed eval windows."""
+        was_training = self.model.training
+        self.model.eval()
+        total, n = 0.0, self.eval_x.size(0)
+        bs = self.config.batch_size
+        for i in range(0, n, bs):
+            x = self.eval_x[i : i + bs].to(self.device)
+            y = self.eval_y[i : i + bs].to(self.device)
+            with self.autocast():
+                _, loss = self.forward_model(x, y)
+            total += loss.item() * x.size(0)  # every window has block_size tokens
+        self.model.train(was_training)
+        return total / n
+
+    def batches(self) -> DataLoader:
+        """Batches from sample index iter_num * batch_size on: a resumed run continues the
+        same stream, never repeating or skipping a batch."""
+        bs = self.config.batch_size
+        return DataLoader(
+            self.train_dataset,
+            batch_size=bs,
+            sampler=itertools.count(self.iter_num * bs),
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # its own generator: creating the iterator draws a base seed, which must not come
+            # from the global RNG (dropout's), or a resumed run's masks would shift by one draw
+            generator=torch.Generator(),
+        )
+
+    def run(self) -> None:
+        """Train until ``max_iters`` or until a callback sets ``self.stop``."""
+        model, cfg = self.model, self.config
+        model.train()
+        if self.iter_num >= cfg.max_iters:
+            return
+        for x, y in self.batches():
+            t0 = time.perf_counter()
+            self.lr = lr_at(self.iter_num, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                _, loss = self.forward_model(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_norm_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_norm_clip)
+            self.optimizer.step()
+            self.last_loss = loss.item()  # also waits for the device: the timing below is real
+            self.train_time += time.perf_counter() - t0
+            self.loss_sum += self.last_loss
+            self.loss_count += 1
+            self.iter_num += 1
+            self.tokens += x.numel()
+            self.trigger_callbacks("on_batch_end")
+            if self.stop or self.iter_num >= cfg.max_iters:
+                break
+
+    # --- checkpoint state ---
+    def state_dict(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iter_num": self.iter_num,
+            "tokens": self.tokens,
+            "train_time": self.train_time,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "last_loss": self.last_loss,
+            "last_mean_loss": self.last_mean_loss,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for k in ("iter_num", "tokens", "train_time", "loss_sum", "loss_count", "last_loss"):
+            setattr(self, k, state[k])
+        self.last_mean_loss = state.get("last_mean_loss")  # absent from older checkpoints
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

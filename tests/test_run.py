@@ -1,0 +1,330 @@
+"""The training program end to end: run directory, determinism, resume, bad input."""
+
+import csv
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reatt.errors import RunDirError
+from reatt.files import this_host
+from reatt.rundir import EXIT_INTERRUPTED, lock_work_dir
+from reatt.train import main
+
+# A tiny, fast configuration on the embedded corpus (Python's docs).
+TINY = [
+    "--data.block_size=32",
+    "--trainer.batch_size=4",
+    "--trainer.eval_interval=10",
+    "--trainer.eval_windows=8",
+    "--trainer.log_interval=5",
+    "--trainer.ckpt_interval=0",
+    "--model.embd_pdrop=0.1",  # dropout draws from the RNG: resume must restore its state
+    "--model.resid_pdrop=0.1",
+]
+
+
+def args(work_dir, *extra):
+    return [*TINY, f"--system.work_dir={work_dir}", *extra]
+
+
+def rows(work_dir):
+    with open(work_dir / "loss.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_time(table):
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in table]
+
+
+def final(work_dir):
+    return json.loads((work_dir / "final.json").read_text())
+
+
+def files(work_dir):
+    return {p.name: p.read_bytes() for p in work_dir.iterdir()}
+
+
+def lock_is_held(work_dir):
+    with open(work_dir / ".lock") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def test_run_directory_and_learning(tmp_path):
+    wd = tmp_path / "run"
+    argv = args(
+        wd,
+        "--trainer.max_iters=60",
+        "--trainer.learning_rate=3e-3",
+        "--trainer.sample_interval=60",
+        "--trainer.sample_tokens=8",
+        "--model.rope=True",
+        "--model.swiglu=True",
+        "--model.rmsnorm=True",
+    )
+    assert main(argv) == 0
+    assert (wd / "args.txt").read_text().splitlines() == argv
+    cfg = json.loads((wd / "config.json").read_text())
+    assert {"system", "data", "model", "trainer", "meta"} <= set(cfg)
+    assert cfg["model"]["rope"] is True and cfg["trainer"]["max_iters"] == 60
+    meta = cfg["meta"]
+    for key in (
+        "reatt_version",
+        "git_commit",
+        "torch_version",
+        "device",
+        "n_params",
+        "n_params_non_embedding",
+    ):
+        assert key in meta
+    assert meta["model"]["n_layer"] == 3 and meta["device"] == "cpu"
+    table = rows(wd)
+    assert list(table[0]) == ["step", "loss", "val_loss", "lr", "tokens", "elapsed_s"]
+    assert [int(r["step"]) for r in table] == list(range(0, 61, 5))
+    assert table[0]["loss"] == "" and table[0]["val_loss"] != ""
+    assert [r["step"] for r in table if r["val_loss"]] == ["0", "10", "20", "30", "40", "50", "60"]
+    assert int(table[-1]["tokens"]) == 60 * 4 * 32
+    f = final(wd)
+    assert f["status"] == "completed" and f["steps"] == 60 and f["error"] is None
+    assert f["final_nll"] == pytest.approx(float(table[-1]["val_loss"]), abs=1e-6)
+    start = float(table[0]["val_loss"])
+    assert start > 10.0  # ~ln(50257) at init
+    assert f["final_nll"] < start - 2.5, (start, f["final_nll"])  # learned well below its start
+    assert f["mfu"] is None and f["peak_flops"] is None  # CPU: not in the peak table, never a guess
+    assert f["tokens_per_s"] > 0 and f["n_params"] == meta["n_params"]
+    samples = (wd / "samples.txt").read_text()
+    assert samples.startswith("--- step 60 ---\n") and len(samples) > 20
+    assert (wd / "ckpt.pt").exists()
+
+
+def test_same_config_same_loss_csv(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(args(a, "--trainer.max_iters=12", "--system.seed=7")) == 0
+    assert main(args(b, "--trainer.max_iters=12", "--system.seed=7")) == 0
+    assert without_time(rows(a)) == without_time(rows(b))
+    assert final(a)["final_nll"] == final(b)["final_nll"]
+    c = tmp_path / "c"
+    assert main(args(c, "--trainer.max_iters=12", "--system.seed=8")) == 0
+    assert without_time(rows(a)) != without_time(rows(c))
+    # the held-out windows do not depend on the seed: step 0 of an identical model differs only by init
+    assert rows(a)[0]["val_loss"] != rows(c)[0]["val_loss"]
+
+
+def test_completed_run_is_left_alone_and_other_config_refused(tmp_path, capsys):
+    wd = tmp_path / "run"
+    assert main(args(wd, "--trainer.max_iters=5")) == 0
+    before = {p.name: p.read_bytes() for p in wd.iterdir()}
+    assert main(args(wd, "--trainer.max_iters=5")) == 0
+    assert "already completed" in capsys.readouterr().out
+    assert main(args(wd, "--trainer.max_iters=5", "--model.rope=True")) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with a different config (model.rope: False -> True)" in err
+    assert {p.name: p.read_bytes() for p in wd.iterdir()} == before  # nothing lost or changed
+
+
+def test_bad_data_line_fails_before_training_with_file_and_line(tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "fine line with words"}\n{"txt": "oops"}\n')
+    wd = tmp_path / "run"
+    assert main(args(wd, f"--data.file_path={data}", "--trainer.max_iters=5")) == 1
+    f = final(wd)
+    assert f["status"] == "failed" and f"{data.name}:2" in f["error"] and "text" in f["error"]
+    assert not (wd / "loss.csv").exists()  # no training started
+    assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def run_subprocess(argv, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "reatt.train", *argv], env=env, **kw)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_checkpoints_and_resume_equals_uninterrupted(tmp_path, sig):
+    steps = "--trainer.max_iters=80"
+    ref, wd = tmp_path / "ref", tmp_path / "resumed"
+    assert main(args(ref, steps, "--trainer.ckpt_interval=25")) == 0
+
+    proc = run_subprocess(args(wd, steps, "--trainer.ckpt_interval=25"), stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # interrupt once training is under way
+        if (wd / "loss.csv").exists() and len(rows(wd)) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast for this test's timing)")
+    assert proc.returncode == EXIT_INTERRUPTED, out
+    assert "checkpoint saved at step" in out
+    assert not (wd / "final.json").exists()
+    interrupted_at = len(rows(wd))
+    assert 4 <= interrupted_at < 17
+
+    # Slurm's requeue runs the same command again: it resumes and ends like the reference
+    again = run_subprocess(args(wd, steps, "--trainer.ckpt_interval=25"), stdout=subprocess.PIPE, text=True)
+    out, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, out
+    assert "resuming" in out
+    assert without_time(rows(wd)) == without_time(rows(ref))
+    assert final(wd)["final_nll"] == final(ref)["final_nll"]
+    steps_logged = [int(r["step"]) for r in rows(wd)]
+    assert steps_logged == sorted(set(steps_logged))  # no repeated step
+
+
+def test_crash_then_resume_drops_rows_after_the_checkpoint_and_a_torn_line(tmp_path, monkeypatch):
+    from reatt.training.run import TrainingRun as Run
+
+    samples = ("--trainer.sample_interval=11", "--trainer.sample_tokens=4")  # at steps 11 and 22
+    conf = ("--trainer.max_iters=30", "--trainer.ckpt_interval=20", *samples)
+    ref, wd = tmp_path / "ref", tmp_path / "crashed"
+    assert main(args(ref, *conf)) == 0
+
+    original = Run.on_batch_end
+    held = []
+
+    def crash_at_23(self, trainer):
+        original(self, trainer)
+        if trainer.iter_num == 23:  # after the step-20 checkpoint: steps 21-23 are lost
+            held.append(lock_is_held(self.dir))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "on_batch_end", crash_at_23)
+    with pytest.raises(KeyboardInterrupt):
+        main(args(wd, *conf))
+    monkeypatch.setattr(Run, "on_batch_end", original)
+    assert not (wd / "final.json").exists()
+    assert held == [True] and not lock_is_held(wd)  # the work dir was locked while it trained
+    assert (wd / "samples.txt").read_text().count("--- step 22 ---") == 1
+    with open(wd / "loss.csv", "a") as f:
+        f.write("25,10.1,")  # a torn row, as a killed process can leave it
+    lines = (wd / "loss.csv").read_text().split("\n")
+    lines.insert(2, "oops,1,2,3,4,5")  # a malformed row (bad disk block, hand edit...)
+    (wd / "loss.csv").write_text("\n".join(lines))
+    assert main(args(wd, *conf)) == 0
+    assert without_time(rows(wd)) == without_time(rows(ref))
+    assert final(wd)["final_nll"] == final(ref)["final_nll"]
+    # the sample of step 22 (after the checkpoint) was written again, not twice
+    assert (wd / "samples.txt").read_text() == (ref / "samples.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A completed 7-step run (rows at 0, 5 and 7: the last row's loss is a mean of two steps),
+    and the names of the files fsynced while it ran."""
+    wd = tmp_path_factory.mktemp("finished") / "run"
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(os, "fsync", fsync)
+    try:
+        assert main(args(wd, "--trainer.max_iters=7")) == 0
+    finally:
+        mp.undo()
+    return wd, synced
+
+
+@pytest.fixture
+def crashed_at_the_end(tmp_path, finished_run):
+    """A copy of the finished run as a crash between its last checkpoint and final.json leaves it."""
+    wd = tmp_path / "run"
+    shutil.copytree(finished_run[0], wd)
+    (wd / "final.json").unlink()
+    return wd
+
+
+def test_the_checkpoint_is_fsynced_before_it_replaces_the_old_one(finished_run):
+    _, synced = finished_run
+    assert any(name.startswith(".ckpt.pt.tmp-") for name in synced), synced
+    assert any(name.startswith(".final.json.tmp-") for name in synced), synced
+
+
+def test_resuming_a_checkpoint_of_the_last_step_reports_the_same_final_losses(
+    crashed_at_the_end, finished_run
+):
+    wd, ref = crashed_at_the_end, finished_run[0]
+    assert main(args(wd, "--trainer.max_iters=7")) == 0
+    for key in ("status", "final_nll", "final_train_loss", "steps", "tokens"):
+        assert final(wd)[key] == final(ref)[key], key
+    assert without_time(rows(wd)) == without_time(rows(ref))
+
+
+def test_a_loss_csv_with_a_bad_header_stops_the_resume_naming_the_file(crashed_at_the_end, capsys):
+    wd = crashed_at_the_end
+    (wd / "loss.csv").write_text("what,is,this\n1,2,3\n")
+    assert main(args(wd, "--trainer.max_iters=7")) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume: {wd / 'loss.csv'}:1: header" in err and "aside" in err
+    assert "Traceback" not in err
+    assert (wd / "loss.csv").read_text() == "what,is,this\n1,2,3\n"  # left for a look
+    assert final(wd)["status"] == "failed" and "loss.csv" in final(wd)["error"]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip"], ids=["empty", "garbage"])
+def test_an_unreadable_checkpoint_is_a_clear_error_saying_what_to_do(crashed_at_the_end, capsys, content):
+    wd = crashed_at_the_end
+    (wd / "ckpt.pt").write_bytes(content)  # e.g. renamed into place unsynced, then a node crash
+    assert main(args(wd, "--trainer.max_iters=7")) == 1
+    err = capsys.readouterr().err
+    assert f"{wd / 'ckpt.pt'}: unreadable checkpoint" in err
+    assert f"move it aside (mv {wd / 'ckpt.pt'} {wd / 'ckpt.pt'}.bad) to restart" in err
+    assert "Traceback" not in err
+    assert final(wd)["status"] == "failed" and "unreadable checkpoint" in final(wd)["error"]
+
+
+def test_a_work_dir_being_trained_is_refused_with_exit_2_and_nothing_written(tmp_path, capsys):
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "loss.csv").write_text("step,loss,val_loss,lr,tokens,elapsed_s\n")
+    with open(wd / ".lock", "w") as other:  # another process training it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write(f"4242 {this_host()}\n")
+        other.flush()
+        before = files(wd)
+        assert main(args(wd, "--trainer.max_iters=5")) == 2
+        assert files(wd) == before
+    err = capsys.readouterr().err
+    assert f"error: {wd} is being trained by another process (pid 4242)" in err
+
+
+def test_the_work_dir_lock_holds_our_pid_and_is_skipped_where_unsupported(tmp_path, monkeypatch, capsys):
+    held, warning = lock_work_dir(tmp_path)
+    try:
+        assert warning is None
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()} {this_host()}\n"
+        with pytest.raises(RunDirError, match=rf"being trained by another process \(pid {os.getpid()}\)"):
+            lock_work_dir(tmp_path)
+    finally:
+        held.release()
+    lock_work_dir(tmp_path)[0].release()  # free again once released
+
+    def no_locks(*a):
+        raise OSError(37, "No locks available")  # as on some NFS mounts
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    held, warning = lock_work_dir(tmp_path)
+    held.release()
+    assert warning is not None and warning.startswith("cannot lock")  # printed as "warning: cannot lock"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_cuda_device_is_a_config_error_before_anything_is_written(tmp_path, capsys):
+    wd = tmp_path / "run"
+    assert main(args(wd, "--trainer.device=cuda", "--trainer.max_iters=5")) == 2
+    assert "trainer.device='cuda' but CUDA is not available" in capsys.readouterr().err
+    assert not wd.exists()
