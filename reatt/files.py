@@ -6,6 +6,7 @@
   renamed over the target with ``os.replace``, and the directory is fsynced (best effort) so the
   rename itself survives a power loss. On any error the temp file is removed and the target is
   untouched. Temp files get the usual permissions (umask), not mkstemp's 0600.
+- **Tails.** ``read_tail``: the end of a log or a csv, from its first whole line.
 - **Locks.** Both of reatt's locks (a work dir's ``.lock``, a token cache's build lock) are
   ``filelock.FileLock`` (``flock`` on POSIX). Where the filesystem refuses locks (some NFS
   mounts), each says so and the caller goes on unlocked, as it documents.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import socket
 import uuid
@@ -71,9 +71,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, encoding: str 
         f.write(raw)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as indented JSON, durably and atomically."""
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
+def read_tail(path: Path, max_bytes: int = 64 * 1024, start: int = 0) -> str | None:
+    """The last ``max_bytes`` of a text file from offset ``start`` on, from its first whole line
+    (where the tail begins mid-line, after ``start``); None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            begin = max(start, f.tell() - max_bytes)
+            f.seek(begin)
+            data = f.read()
+    except OSError:
+        return None
+    if begin > start:  # began mid-line: drop that partial line
+        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    return data.decode("utf-8", errors="replace")
 
 
 # ------------------------------------------------------------------------------------- locks

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from reatt.errors import RunDirError
-from reatt.files import Held, LockBusy, parse_utc, this_host, try_lock, utc_iso, write_atomic
+from reatt.files import Held, LockBusy, parse_utc, read_tail, this_host, try_lock, utc_iso, write_atomic
 
 # ----------------------------------------------------------------------------------- names
 
@@ -201,11 +201,11 @@ class FinalRecord:
         write_atomic(work_dir / FINAL, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> tuple[FinalRecord, list[str]]:
-        """The record in ``data`` (unknown keys ignored), and a problem for each numeric field
-        that holds something else (that field is then None)."""
+    def from_json(cls, data: dict[str, Any]) -> tuple[FinalRecord, dict[str, str]]:
+        """The record in ``data`` (unknown keys ignored), and by field a problem for each numeric
+        field that holds something else (that field is then None)."""
         values: dict[str, Any] = {}
-        problems = []
+        problems = {}
         for f in fields(cls):
             value = data.get(f.name, None if f.default is MISSING else f.default)
             kinds = _NUMBER_KINDS.get(str(f.type))
@@ -214,7 +214,7 @@ class FinalRecord:
                 and kinds is not None
                 and (isinstance(value, bool) or not isinstance(value, kinds))
             ):
-                problems.append(f"{FINAL}: {f.name} = {value!r}, expected a number")
+                problems[f.name] = f"{FINAL}: {f.name} = {value!r}, expected a number"
                 value = None
             values[f.name] = value
         return cls(**values), problems
@@ -233,15 +233,13 @@ class FinalFile:
 
     record: FinalRecord | None  # None: unreadable
     problem: str | None  # "final.json unreadable: ..." when it is
-    problems: list[str]  # fields of the wrong type (set to None in ``record``)
+    problems: dict[str, str]  # by field: those of the wrong type (set to None in ``record``)
     written_at: dt.datetime | None  # finished_at, else the file's mtime (naive UTC)
 
     def written_before(self, since: dt.datetime | None) -> bool:
-        """Whether it was written before ``since`` (when the run's current attempt was submitted:
-        ``Run.submitted_at``). A resubmitted run's work dir keeps the failed attempt's final.json
-        until the new attempt starts and removes it: such a record says nothing of the job now
-        queued or running. Whole seconds, as finished_at: an attempt's own record is never taken
-        as older. False when ``since`` is None or no time can be read."""
+        """Whether it was written before ``since`` (``Run.submitted_at``): then it is an earlier
+        attempt's, which the new attempt removes once it starts, and says nothing of the job now
+        queued or running. In whole seconds, as finished_at; False without a time."""
         if since is None or self.written_at is None:
             return False
         return self.written_at < since.replace(microsecond=0)
@@ -251,7 +249,7 @@ def read_final(work_dir: Path) -> FinalFile | None:
     """The run's final.json, or None without one. An unreadable one is a FinalFile saying why."""
     path = work_dir / FINAL
     record: FinalRecord | None = None
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     problem: str | None = None
     try:
         data = read_json(path)
@@ -268,6 +266,22 @@ def read_final(work_dir: Path) -> FinalFile | None:
         except OSError:
             when = None
     return FinalFile(record, problem, problems, when)
+
+
+def write_args(work_dir: Path, argv: list[str]) -> None:
+    """args.txt: the exact argv, one argument per line."""
+    write_atomic(work_dir / ARGS, "".join(a + "\n" for a in argv))
+
+
+def read_args(work_dir: Path) -> list[str]:
+    """The ``--key=value`` arguments of args.txt (other lines left out); OSError if unreadable."""
+    lines = (work_dir / ARGS).read_text().splitlines()
+    return [line for line in lines if line.startswith("--") and "=" in line]
+
+
+def write_config(work_dir: Path, tree: dict[str, Any], meta: dict[str, Any]) -> None:
+    """config.json: the resolved config tree (system, data, model, trainer) and ``meta``."""
+    write_atomic(work_dir / CONFIG, json.dumps({**tree, "meta": meta}, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -341,22 +355,6 @@ ATTEMPT_LINE = re.compile(r"^reatt: run \S+, job \S+, attempt \d+\b.*$", re.MULT
 def local_attempt_line(command: str) -> str:
     """The line a local launch appends to train.log before it starts ``command``."""
     return f"=== reatt submit (local) {utc_iso()}: {command}\n"
-
-
-def read_tail(path: Path, max_bytes: int = 64 * 1024, start: int = 0) -> str | None:
-    """The last ``max_bytes`` of a text file from offset ``start`` on, from its first whole line
-    (where the tail begins mid-line, after ``start``); None if unreadable."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            begin = max(start, f.tell() - max_bytes)
-            f.seek(begin)
-            data = f.read()
-    except OSError:
-        return None
-    if begin > start:  # began mid-line: drop that partial line
-        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
-    return data.decode("utf-8", errors="replace")
 
 
 def attempt_text(log: Path | None, max_bytes: int = 64 * 1024) -> str:

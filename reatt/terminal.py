@@ -37,28 +37,32 @@ class FittingTable(Table):
         self.caps = dict(caps or {})
         self.note = note
 
-    def _needed(self, table: Table, console: Any, options: Any) -> int:
-        """The width ``table`` needs: its natural width, a capped column counted at its cap."""
+    def _with(self, kept: list[Any], *, capped: bool = False) -> Table:
+        """A copy of this table with the columns ``kept`` only (``capped``: each capped column at
+        its cap, to measure). rich numbers each column (``Column._index``, for the padding of
+        the first and the last): the copies are numbered again, or the widths go wrong."""
         caps = {id(self.columns[index]): cap for index, cap in self.caps.items()}
-        measured = copy.copy(table)
-        measured.columns = []
-        for column in table.columns:
-            cap = caps.get(id(column))
+        out = copy.copy(self)
+        out.columns = []
+        for index, column in enumerate(kept):
+            cap = caps.get(id(column)) if capped else None
+            column = copy.copy(column)
+            column._index = index
             if cap is not None:
-                column = copy.copy(column)
                 column.max_width = cap
-            measured.columns.append(column)
-        wide = options.update_width(100_000)  # the natural width, not clamped to the console's
-        return int(Table.__rich_measure__(measured, console, wide).maximum)
+            out.columns.append(column)
+        return out
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
-        table, hidden = self, []
+        kept, hidden = list(self.columns), []
+        wide = options.update_width(100_000)  # the natural width, not clamped to the console's
         for index in self.droppable:
-            if self._needed(table, console, options) <= options.max_width:
+            needed = Table.__rich_measure__(self._with(kept, capped=True), console, wide).maximum
+            if needed <= options.max_width:
                 break
             hidden.append(str(self.columns[index].header))
-            table = copy.copy(table)
-            table.columns = [c for c in table.columns if c is not self.columns[index]]
+            kept.remove(self.columns[index])
+        table = self._with(kept)
         if hidden:
             caption = Text.assemble(self.caption or "")  # a str or a Text, styles kept
             caption.append(self.note.format(columns=", ".join(hidden)))

@@ -392,3 +392,19 @@ def test_env_override_of_templates(tmp_path, fake, monkeypatch):
     with pytest.raises(Exception, match="REATT_SLURM_TEMPLATES"):
         submit_cluster(engine, None, dry_run=True, project_dir=str(tmp_path))
     assert os.environ[render.TEMPLATE_DIR_ENV]
+
+
+def test_nothing_to_submit_still_checks_the_options_and_previews_nothing(tmp_path, fake):
+    engine = make_study(tmp_path, features=1)  # baseline, f0
+    fake.respond("sbatch", (0, "7\n", ""), (0, "8\n", ""))
+    submit_cluster(engine, None, project_dir=str(tmp_path))
+    fake.respond("squeue", (0, "7|RUNNING|None\n8|PENDING|Priority\n", ""))
+    result = submit_cluster(engine, None, array=True, dry_run=True, project_dir=str(tmp_path))
+    assert (
+        result.dry_run
+        and result.scripts == []
+        and result.skipped == [("baseline", "running"), ("f0", "pending")]
+    )
+    with pytest.raises(SpecError, match="slurm.time"):
+        submit_cluster(engine, None, overrides={"time": "soon"}, project_dir=str(tmp_path))
+    assert len(fake.calls("sbatch")) == 2

@@ -27,7 +27,7 @@ from reatt.executors.slurm import executor as slurm_executor
 from reatt.executors.slurm.client import JobInfo
 from reatt.executors.slurm.executor import job_evidence
 from reatt.executors.slurm.logs import ended_by, last_err_line
-from reatt.files import this_host, utc_now
+from reatt.files import read_tail, this_host, utc_now
 from reatt.states import RunState
 from reatt.study import status
 from reatt.study import store as db
@@ -394,12 +394,12 @@ def test_state_from_the_err_file_of_the_latest_attempt(tmp_path, err, expected):
 
 
 def test_tails_start_at_a_whole_line(tmp_path):
-    """loss.csv and .err files are read from their tail (rundir.read_tail), never from a cut line."""
+    """loss.csv and .err files are read from their tail (files.read_tail), never from a cut line."""
     path = tmp_path / "loss.csv"
     path.write_text("step,loss,val_loss,lr,tokens,elapsed_s\n125,1.5,1.4,5e-4,1280,2.5\nnot a row\n")
     assert rundir.last_loss_row(path).step == 125
     assert rundir.last_loss_row(path, max_bytes=35) is None  # not step 25 from "...25,1.5,1.4,..."
-    assert rundir.read_tail(path, max_bytes=35) == "not a row\n"
+    assert read_tail(path, max_bytes=35) == "not a row\n"
     err = tmp_path / "job.err"
     err.write_text(ATTEMPT.format(n=1) + "x" * 100_000 + "\n" + ATTEMPT.format(n=2) + "boom\n")
     assert rundir.attempt_text(err).strip() == "boom" and last_err_line(err) == "boom"

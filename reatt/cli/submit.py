@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from reatt.cli.app import DbOpt, StudyOpt, app, engine_for, say, user_errors
+
+if TYPE_CHECKING:
+    from reatt.executors.base import Executor
 
 
 @app.command()
@@ -66,7 +69,7 @@ def submit(
         )
     from reatt.study.submit import submit as submit_runs
 
-    executor: Any
+    executor: Executor
     if cluster:
         from reatt.executors.slurm.executor import SlurmExecutor
 
@@ -96,7 +99,7 @@ def _print(result: Any) -> None:
     for name, state in result.skipped:
         say(f"skipped {name}: {state}")
     if result.dry_run:
-        if result.scripts:
+        if not result.waits:  # a queuing executor writes its scripts
             say(f"dry run: wrote {len(result.scripts)} script(s); submitted nothing")
         return
     rerun = "(see `reatt status`; --resubmit-failed or --force to rerun)"

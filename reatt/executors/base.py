@@ -1,11 +1,13 @@
 """Where a study's runs execute: the ``Executor`` protocol every kind of executor implements.
 
 An executor starts jobs (``launch``), says what it sees of the jobs it started (``poll``), and
-stops them (``cancel``). It knows nothing of the database: the study layer hands it the jobs
-to start and the runs to poll (``reatt.study.submit``, ``reatt.study.status``), records what
-it reports through the ``Launch`` hooks, and turns what it sees into states with
-``reatt.transitions.next_state``. A new kind of executor (say, torchrun across nodes) is one new
-class with these methods, registered in ``reatt.executors.EXECUTORS``.
+stops them (``cancel``); ``check`` and ``preview`` serve a submit before, or instead of, a
+launch. It knows nothing of the database: the study layer hands it the jobs to start and the
+runs to poll (``reatt.study.submit``, ``reatt.study.status``), records what it reports through
+the ``Launch`` hooks, and turns what it sees into states with ``reatt.transitions.next_state``.
+A new kind of executor (say, torchrun across nodes) is one new class with these methods and a
+constructor that needs no argument (status and cancel make one to poll and stop its runs),
+registered in ``reatt.executors.registry.EXECUTORS``.
 """
 
 from __future__ import annotations
@@ -48,16 +50,6 @@ class Place:
     study: str
     out_dir: Path
     spec: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def log_dir(self) -> Path:
-        """Where Slurm's .out/.err files of the study's jobs go."""
-        return self.out_dir / "slurm"
-
-    @property
-    def script_dir(self) -> Path:
-        """Where the study's sbatch scripts are written."""
-        return self.out_dir / self.study / "sbatch"
 
 
 @dataclass(frozen=True)
@@ -133,6 +125,10 @@ class Executor(Protocol):
     kind: str  # recorded as Run.executor: the executor that polls and cancels the run later
     claims: bool  # whether ``launch`` claims each run before it starts it
     waits: bool  # whether ``launch`` returns when the jobs have ended (else once they are queued)
+
+    def check(self, place: Place) -> None:
+        """Refuse (ReattError) options that cannot work for this study, before anything else."""
+        ...
 
     def preview(self, place: Place, jobs: Sequence[Job]) -> list[Preview]:
         """What ``launch`` would start, without starting anything (scripts are written)."""

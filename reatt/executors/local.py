@@ -45,7 +45,7 @@ from reatt.executors.processes import (
     parse_local_job_id,
     pid_is_training,
 )
-from reatt.files import this_host
+from reatt.files import read_tail, this_host
 from reatt.states import Active, Elsewhere, Evidence, Exited, Gone, LaunchFailed, RunState, Started, Unchanged
 
 LOG_TAIL_LINES = 3  # lines of train.log quoted in the reason of a run that left no final.json
@@ -87,7 +87,7 @@ def shell_line(job: Job, jobs: int) -> str:
 
 def log_tail(path: Path, start: int) -> str:
     """The last few non-empty lines an attempt wrote to train.log (from ``start``), joined with ' | '."""
-    text = rundir.read_tail(path, LOG_TAIL_BYTES, start) or ""
+    text = read_tail(path, LOG_TAIL_BYTES, start) or ""
     lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
     return " | ".join(lines[-LOG_TAIL_LINES:])
 
@@ -103,6 +103,9 @@ class LocalExecutor:
         if jobs < 1:
             raise ReattError(f"--jobs {jobs}: expected at least 1")
         self.jobs, self.show_progress = jobs, show_progress
+
+    def check(self, place: Place) -> None:
+        """Nothing to refuse: ``jobs`` was checked when this executor was made."""
 
     def preview(self, place: Place, jobs: Sequence[Job]) -> list[Preview]:
         return [Preview(shell_line(job, self.jobs)) for job in jobs]
@@ -236,6 +239,7 @@ class ProcessRunner:
     def _start_and_wait(self, job: Job) -> bool:
         """Start the job's process and wait for it; False if Ctrl-C came first."""
         work_dir = Path(job.work_dir)
+        failure = None
         with self.lock:  # so that Ctrl-C either sees this process or stops it from starting
             if self.stopping:
                 return False
@@ -245,25 +249,28 @@ class ProcessRunner:
                 work_dir.mkdir(parents=True, exist_ok=True)
                 log = open(work_dir / rundir.TRAIN_LOG, "ab")
             except OSError as e:
-                self.hooks.ended(job, LaunchFailed(f"cannot prepare {work_dir}: {e}"))
-                return True
-            log.write(rundir.local_attempt_line(shlex.join(cmd)).encode())
-            log.flush()
-            log_start = log.tell()
-            old_final = _stat(work_dir / rundir.FINAL)  # a failed attempt's, until the job replaces it
-            try:
-                proc = subprocess.Popen(
-                    cmd,
-                    env={**os.environ, **train_env_changes(job, self.jobs)},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            except OSError as e:
-                log.close()
-                self.hooks.ended(job, LaunchFailed(f"cannot start {cmd[0]}: {e}"))
-                return True
-            self.procs[job.name] = proc
+                failure = f"cannot prepare {work_dir}: {e}"
+            else:
+                log.write(rundir.local_attempt_line(shlex.join(cmd)).encode())
+                log.flush()
+                log_start = log.tell()
+                old_final = _stat(work_dir / rundir.FINAL)  # a failed attempt's, until replaced
+                try:
+                    proc = subprocess.Popen(
+                        cmd,
+                        env={**os.environ, **train_env_changes(job, self.jobs)},
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                except OSError as e:
+                    log.close()
+                    failure = f"cannot start {cmd[0]}: {e}"
+                else:
+                    self.procs[job.name] = proc
+        if failure is not None:  # recorded outside the lock: Ctrl-C never waits for the database
+            self.hooks.ended(job, LaunchFailed(failure))
+            return True
         log.close()  # the child holds its own copy
         t0 = time.monotonic()
         try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from reatt.executors.base import Executor
 from reatt.executors.local import LocalExecutor
 from reatt.executors.slurm.executor import SlurmExecutor
 
-EXECUTORS: dict[str, type[LocalExecutor] | type[SlurmExecutor]] = {
+EXECUTORS: dict[str, Callable[[], Executor]] = {
     LocalExecutor.kind: LocalExecutor,
     SlurmExecutor.kind: SlurmExecutor,
 }

@@ -190,12 +190,11 @@ def _collected_study(
     return st
 
 
-def _parse_args(text: str) -> dict[str, Any]:
-    """args.txt (one ``--key=value`` per line) as overrides; unparseable lines are left out."""
+def _parse_args(argv: list[str]) -> dict[str, Any]:
+    """args.txt's ``--key=value`` arguments as overrides (a value that does not parse as its
+    key's type is kept as text)."""
     out: dict[str, Any] = {}
-    for line in text.splitlines():
-        if not line.startswith("--") or "=" not in line:
-            continue
+    for line in argv:
         key, value = line[2:].split("=", 1)
         try:
             out[key] = parse_value(key, value)
@@ -230,9 +229,10 @@ def read_run_files(work_dir: Path) -> RunFiles:
     if out.final is not None:
         if out.final.problem is not None:
             out.problems.append(one_line(out.final.problem))
-        out.problems += out.final.problems
+        # what the database holds must be a number; the other fields are only kept in the file
+        out.problems += [p for key, p in out.final.problems.items() if key in store.FINAL_COLUMNS]
     try:
-        out.args = _parse_args((work_dir / rundir.ARGS).read_text())
+        out.args = _parse_args(rundir.read_args(work_dir))
     except FileNotFoundError:
         pass
     except (OSError, UnicodeDecodeError) as e:

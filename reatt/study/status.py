@@ -121,14 +121,15 @@ def cancel(engine: Engine, study: str | None) -> list[str]:
         place = place_of(st)
         active = _by_executor(list(st.runs), states.ACTIVE_STATES)
     ids: list[str] = []
-    for kind, runs in active.items():
-        executor = executor_for(kind)
-        if executor is not None:
-            ids += executor.cancel(place, runs)
-    if not ids:
-        return []
-    with store.transaction(engine) as session:
-        for run in store.get_study(session, name).runs:
-            if run.job_id in ids and run.state in states.ACTIVE_STATES:
-                store.advance(run, CancelRequested())
+    try:
+        for kind, runs in active.items():
+            executor = executor_for(kind)
+            if executor is not None:
+                ids += executor.cancel(place, runs)
+    finally:  # also when an executor fails: the jobs asked so far are asked
+        if ids:
+            with store.transaction(engine) as session:
+                for run in store.get_study(session, name).runs:
+                    if run.job_id in ids and run.state in states.ACTIVE_STATES:
+                        store.advance(run, CancelRequested())
     return ids

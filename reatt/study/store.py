@@ -4,9 +4,10 @@ One SQLite file by default (``results.db``); any SQLAlchemy URL works. The schem
 SQLAlchemy 2.0 typed ORM below; its version is stored in the ``meta`` table and checked on
 open, so an old reatt never writes into a newer layout (or the reverse).
 
-A run's state is written in one place, ``advance``: the new state comes from
-``reatt.transitions.next_state`` given what was learnt of the run. Times are naive UTC
-(``reatt.files.utc_now``).
+A run's state is decided in one place, ``reatt.transitions.next_state``, given what was learnt
+of the run; ``advance`` records it. (The only other writes are a new row's first state, and a
+submit's claim and release of a run, conditional UPDATEs whose values next_state gives too.)
+Times are naive UTC (``reatt.files.utc_now``).
 """
 
 from __future__ import annotations
@@ -240,8 +241,8 @@ def get_study(session: Session, name: str | None) -> Study:
 
 
 def advance(run: Run, evidence: Evidence) -> RunState:
-    """Record what ``evidence`` makes of the run's state (``transitions.next_state``): the one place
-    that writes ``Run.state``. Returns the new state."""
+    """Record what ``evidence`` makes of the run's state (``transitions.next_state``); returns
+    the new state."""
     new = next_state(RunState(run.state, run.state_reason), evidence)
     if (run.state, run.state_reason) != (new.state, new.reason):
         run.state, run.state_reason = new.state, new.reason

@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 
 from reatt import rundir, states
 from reatt.errors import DatabaseError, StudyError
-from reatt.executors.base import Executor, Job, Place
+from reatt.executors.base import Executor, Job
 from reatt.files import utc_now
 from reatt.states import Archived, Claimed, Evidence, Released, RunState
 from reatt.study import store
 from reatt.study.plan import jobs_of
-from reatt.study.status import refresh
+from reatt.study.status import place_of, refresh
 from reatt.transitions import next_state
 
 DB_RETRY_S = 600.0  # how long a state change waits for a database another command holds
@@ -99,16 +99,21 @@ def submit(
         chosen, skipped = select_runs(list(st.runs), resubmit_failed=resubmit_failed, force=force)
         by_name = {j.name: j for j in jobs_of(st)}
         selected = sorted(((by_name[r.name], r) for r in chosen), key=lambda pair: pair[0].position)
-        place = Place(st.name, Path(st.out_dir), dict(st.spec or {}))
+        place = place_of(st)
+    executor.check(place)  # bad options are refused whether or not anything is to be started
     result = SubmitResult(name, executor.kind, executor.waits, dry_run=dry_run, skipped=list(skipped))
     jobs = [job for job, _ in selected]
+    if not jobs:
+        return result
     if dry_run:
         result.previews = [(p.path, p.text) for p in executor.preview(place, jobs)]
         result.scripts = [p for p, _ in result.previews if p is not None]
         return result
-    if not jobs:
-        return result
-    hooks = LaunchSession(engine, executor.kind, force, selected, result)
+    # a claiming executor (local) holds its runs for as long as they train: its records wait
+    # for a database another command holds; a queuing one (Slurm) fails fast and cancels the
+    # job it could not record
+    retry_s = DB_RETRY_S if executor.claims else 0.0
+    hooks = LaunchSession(engine, executor.kind, force, selected, result, retry_s=retry_s)
     executor.launch(place, jobs, hooks)
     hooks.finish(jobs)
     return result
@@ -141,11 +146,14 @@ class LaunchSession:
         force: bool,
         selected: Sequence[tuple[Job, store.Run]],
         result: SubmitResult,
+        *,
+        retry_s: float = DB_RETRY_S,
     ) -> None:
         """``selected``: each job to launch with its run's row as the selection saw it (the
         executor of ``kind`` runs them; ``force``: their old directories are moved aside);
-        ``result`` is filled as they go."""
+        ``result`` is filled as they go; a record waits up to ``retry_s`` for a locked database."""
         self.engine, self.kind, self.force, self.result = engine, kind, force, result
+        self.retry_s = retry_s
         self.rows = {job.name: (run.id, _Seen.of(run)) for job, run in selected}
         self.claims: dict[str, str] = {}  # run -> the job id it was claimed with
         self.moved: dict[str, str] = {}  # claimed run -> where --force moved its old directory
@@ -201,7 +209,12 @@ class LaunchSession:
         if job_id is None:
             return
         if moved is not None:  # its old directory is gone: it starts over, whatever it was
-            self._update(job.name, lambda run: _forget(run, moved, claimed=False))
+
+            def start_over(run: store.Run) -> None:
+                if run.state == states.PENDING and run.job_id == job_id:  # still our claim
+                    _forget(run, moved, claimed=False)
+
+            self._update(job.name, start_over)
             return
         t = store.Run
         back = next_state(RunState(states.PENDING), Released(RunState(seen.state, seen.state_reason)))
@@ -244,18 +257,23 @@ class LaunchSession:
     ) -> None:
         now = utc_now()
 
+        with self.lock:
+            moved = {job.name: self.moved.get(job.name) for job in jobs}
+
         def record(session: Session) -> None:
             for job, job_id in zip(jobs, job_ids, strict=True):
                 run = session.get(store.Run, self.rows[job.name][0])
                 if run is None:  # dropped from the plan meanwhile (plan --force)
                     continue
-                self._forget_moved(job, run)
+                if moved[job.name] is not None:
+                    _forget(run, str(moved[job.name]), claimed=True)
                 run.job_id, run.executor, run.sbatch_path, run.submitted_at = job_id, self.kind, script, now
                 store.advance(run, evidence)
 
-        self._in_transaction(record)
+        self._in_transaction(record)  # may run ``record`` again: it keeps nothing between tries
         with self.lock:
             for job, job_id in zip(jobs, job_ids, strict=True):
+                self.moved.pop(job.name, None)
                 self.claims.pop(job.name, None)
                 self.done.add(job.name)
                 self.result.submitted.append((job.name, job_id))
@@ -264,14 +282,18 @@ class LaunchSession:
 
     def ended(self, job: Job, evidence: Evidence) -> RunState:
         outcome: list[RunState] = []
+        with self.lock:
+            moved = self.moved.get(job.name)
 
         def record(run: store.Run) -> None:
-            self._forget_moved(job, run)
-            outcome.append(store.advance(run, evidence))
+            if moved is not None:
+                _forget(run, moved, claimed=True)
+            outcome[:] = [store.advance(run, evidence)]  # the try that committed
 
         self._update(job.name, record)
         new = outcome[0] if outcome else next_state(RunState(states.PENDING), evidence)
         with self.lock:
+            self.moved.pop(job.name, None)
             self.claims.pop(job.name, None)
             self.done.add(job.name)
             if new.state == states.COMPLETED:
@@ -281,13 +303,6 @@ class LaunchSession:
             else:
                 self.result.failed.append((job.name, new.reason or new.state))
         return new
-
-    def _forget_moved(self, job: Job, run: store.Run) -> None:
-        """A claimed run's results, once --force has moved its old directory aside."""
-        with self.lock:
-            moved = self.moved.pop(job.name, None)
-        if moved is not None:
-            _forget(run, moved, claimed=True)
 
     def finish(self, jobs: Sequence[Job]) -> None:
         """After the launch: the runs never started, and every list in plan order."""
@@ -314,8 +329,8 @@ class LaunchSession:
 
         Another reatt command may hold the database for a while (a collect writes all its
         rows in one transaction); SQLite's busy timeout waits 30 s, and this keeps trying for
-        DB_RETRY_S, so a long collect never costs a run its recorded state."""
-        deadline = time.monotonic() + DB_RETRY_S
+        ``retry_s``, so a long collect never costs a local run its recorded state."""
+        deadline = time.monotonic() + self.retry_s
         while True:
             try:
                 with store.transaction(self.engine) as session:

@@ -23,7 +23,7 @@ from typing import Any
 
 from reatt import __version__, rundir
 from reatt.errors import ReattError, RunDirError
-from reatt.files import utc_iso, write_atomic, write_json_atomic
+from reatt.files import utc_iso
 from reatt.rundir import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FinalRecord, LossLog, LossRow
 from reatt.training.checkpoint import load_checkpoint, save_checkpoint
 from reatt.training.config import CfgNode, check_config, flatten, get_default_config
@@ -316,7 +316,7 @@ class TrainingRun:
     def _write_start_files(self, train_ds: Any, eval_ds: Any, resumed_from: int | None) -> None:
         import torch
 
-        write_atomic(self.dir / rundir.ARGS, "".join(a + "\n" for a in self.argv))
+        rundir.write_args(self.dir, self.argv)
         meta = {
             "reatt_version": __version__,
             "git_commit": git_commit(),
@@ -331,7 +331,7 @@ class TrainingRun:
             "n_params_non_embedding": self.model_info["n_params_non_embedding"],
             "data": {"train": train_ds.describe(), "eval": eval_ds.describe()},
         }
-        write_json_atomic(self.dir / rundir.CONFIG, {**self.cfg.to_dict(), "meta": meta})
+        rundir.write_config(self.dir, self.cfg.to_dict(), meta)
 
     def _final_record(self, status: str, error: str | None = None) -> FinalRecord:
         from reatt.training.trainer import peak_flops

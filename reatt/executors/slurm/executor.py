@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reatt import states
+from reatt import rundir, states
 from reatt.errors import ReattError, SlurmError
 from reatt.executors.base import Job, Launch, Place, Preview, Tracked, read_files
 from reatt.executors.slurm import client
 from reatt.executors.slurm.client import JobInfo, JobQuery
-from reatt.executors.slurm.logs import ended_by, last_err_line, log_files
+from reatt.executors.slurm.logs import ended_by, last_err_line, log_dir, log_files, script_dir
 from reatt.executors.slurm.render import ScriptContext, render_array_script, render_job_script
 from reatt.executors.slurm.settings import SlurmSettings, settings_of
 from reatt.files import utc_now, write_atomic
@@ -124,6 +124,10 @@ class SlurmExecutor:
         """The study's [slurm] table with this submit's overrides, checked."""
         return settings_of(place.spec, place.study, **self.overrides)
 
+    def check(self, place: Place) -> None:
+        """The study's [slurm] table with this submit's overrides must make a valid script."""
+        self.settings(place)
+
     # --- launch ---
 
     def _render(self, place: Place, jobs: Sequence[Job]) -> list[tuple[Path, str, list[Job]]]:
@@ -133,10 +137,10 @@ class SlurmExecutor:
         if self.array:
             throttle = settings.array_throttle if self.throttle is None else self.throttle
             text = render_array_script(list(jobs), settings, ctx, throttle, templates=self.templates)
-            return [(_next_array_path(place.script_dir, place.study), text, list(jobs))]
+            return [(_next_array_path(script_dir(place.out_dir, place.study), place.study), text, list(jobs))]
         return [
             (
-                place.script_dir / f"{job.name}.sbatch",
+                script_dir(place.out_dir, place.study) / f"{job.name}.sbatch",
                 render_job_script(job, settings, ctx, templates=self.templates),
                 [job],
             )
@@ -145,7 +149,7 @@ class SlurmExecutor:
 
     def _write(self, place: Place, jobs: Sequence[Job]) -> list[tuple[Path, str, list[Job]]]:
         scripts = self._render(place, jobs)  # all of them first: a bad value stops it all
-        place.script_dir.mkdir(parents=True, exist_ok=True)
+        script_dir(place.out_dir, place.study).mkdir(parents=True, exist_ok=True)
         for path, text, _ in scripts:
             write_atomic(path, text)
         return scripts
@@ -155,7 +159,7 @@ class SlurmExecutor:
 
     def launch(self, place: Place, jobs: Sequence[Job], hooks: Launch) -> None:
         scripts = self._write(place, jobs)
-        place.log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir(place.out_dir).mkdir(parents=True, exist_ok=True)
         done: list[tuple[str, str]] = []
         for path, _, group in scripts:
             for job in group:
@@ -201,7 +205,7 @@ class SlurmExecutor:
 
     def _evidence(self, place: Place, run: Tracked, query: JobQuery) -> Evidence:
         work_dir = Path(run.work_dir)
-        out_file, err_file = log_files(place.log_dir, place.study, run.name, run.job_id)
+        out_file, err_file = log_files(log_dir(place.out_dir), place.study, run.name, run.job_id)
         info = query.jobs.get(run.job_id)
         if info is not None:
             if info.source == "sacct" and info.state not in SLURM_TERMINAL:
@@ -243,7 +247,7 @@ def _next_array_path(sbatch_dir: Path, study: str) -> Path:
 def _quiet_for(run: Tracked, work_dir: Path, *logs: Path) -> float:
     """Seconds since the run or its job last showed a sign of life (files, submission)."""
     latest = 0.0
-    for path in (work_dir / "final.json", work_dir / "loss.csv", work_dir, *logs):
+    for path in (work_dir / rundir.FINAL, work_dir / rundir.LOSS, work_dir, *logs):
         try:
             latest = max(latest, path.stat().st_mtime)
         except OSError:

@@ -1,4 +1,5 @@
-"""What a Slurm job's .err file says about how its latest attempt ended.
+"""Where a study's Slurm jobs leave their scripts and logs, and what a job's .err file says of
+how its latest attempt ended.
 
 slurmstepd writes a line there when Slurm ends a job, e.g.
 "slurmstepd: error: *** JOB 12 ON node7 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***";
@@ -55,6 +56,16 @@ def last_err_line(err_file: Path | None, width: int = 300) -> str | None:
     """The last non-empty line the job's latest attempt wrote to its .err file, for a reason."""
     lines = [line for line in attempt_text(err_file).splitlines() if line.strip()]
     return one_line(lines[-1], width) if lines else None
+
+
+def log_dir(out_dir: str | Path) -> Path:
+    """Where the .out/.err files of a study's jobs go: ``<out_dir>/slurm``."""
+    return Path(out_dir) / "slurm"
+
+
+def script_dir(out_dir: str | Path, study: str) -> Path:
+    """Where a study's sbatch scripts are written: ``<out_dir>/<study>/sbatch``."""
+    return Path(out_dir) / study / "sbatch"
 
 
 def log_files(log_dir: str | Path, study: str, run: str, job_id: str) -> tuple[Path, Path]:

@@ -19,6 +19,7 @@ import reatt
 from reatt import rundir
 from reatt.errors import ReattError, SpecError
 from reatt.executors.base import NAME_RE, Job
+from reatt.executors.slurm.logs import log_dir
 from reatt.executors.slurm.settings import ENV_NAME, SlurmSettings, check_settings, has_control
 from reatt.train import TRAIN_ENV, TRAIN_MODULE
 
@@ -78,7 +79,7 @@ class ScriptContext:
         return cls(
             project_dir=str(project_dir or Path.cwd()),
             python="python" if settings.venv else sys.executable,
-            log_dir=str(Path(out_dir) / "slurm"),
+            log_dir=str(log_dir(Path(out_dir))),
             env=dict(TRAIN_ENV),
         )
 
