@@ -43,10 +43,13 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_writer(
+    path: str | os.PathLike[str], mode: str = "wb", *, durable: bool = True, **open_kwargs: Any
+) -> Iterator[IO[Any]]:
     """``with atomic_writer(p) as f: torch.save(obj, f)``: ``p`` is replaced when the block ends
     without an error, and left as it was otherwise. ``mode`` is "wb" or "w"; ``open_kwargs``
-    go to ``open`` (encoding, newline)."""
+    go to ``open`` (encoding, newline). ``durable=False`` skips the fsyncs: still atomic, but a
+    power loss may lose the new file (for what is written again anyway, like sbatch scripts)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_writer: mode {mode!r}, expected 'w' or 'wb'")
     path = Path(path)
@@ -55,19 +58,35 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs:
         with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str, encoding: str = "utf-8") -> None:
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Remove the temp files that writers killed mid-write left in ``directory`` (only call it
+    while holding the lock that keeps every other writer out of it); returns them."""
+    removed = []
+    for path in directory.glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes | str, encoding: str = "utf-8", *, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data`` (text is encoded with ``encoding``, newlines kept as given)."""
     raw = data.encode(encoding) if isinstance(data, str) else data
-    with atomic_writer(path, "wb") as f:
+    with atomic_writer(path, "wb", durable=durable) as f:
         f.write(raw)
 
 

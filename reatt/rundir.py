@@ -1,7 +1,7 @@
 """The run directory (docs/run-directory.md): its every file format, written and read here.
 
 The training program writes a run directory through this module (``LossLog``, ``FinalRecord``,
-``sample_block``, ``lock_work_dir``); status, collect and the executors read it through this
+``write_args``, ``write_config``, ``sample_block``); status, collect and the executors read it through this
 module too (``read_loss_csv``, ``last_loss_row``, ``read_final``, ``attempt_text``), so the
 two sides cannot drift apart. The exit codes of ``python -m reatt.train`` and the attempt lines
 that launchers write into a job's logs are part of the same contract and are defined here.
@@ -15,15 +15,15 @@ import csv
 import datetime as dt
 import io
 import json
-import os
+import math
 import re
 import signal
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from reatt.errors import RunDirError
-from reatt.files import Held, LockBusy, parse_utc, read_tail, this_host, try_lock, utc_iso, write_atomic
+from reatt.files import parse_utc, read_tail, utc_iso, write_atomic
 
 # ----------------------------------------------------------------------------------- names
 
@@ -37,6 +37,7 @@ RUN_MARKERS = (CONFIG, LOSS, FINAL)  # a directory holding one of these is a run
 EXIT_OK = 0  # completed (or already completed in this work dir)
 EXIT_FAILED = 1  # the run failed; final.json says why
 EXIT_USAGE = 2  # bad config or command line, or the work dir is locked; nothing was written
+EXIT_DIVERGED = 3  # the loss became non-finite: stopped there; final.json says at which step
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a stop signal came, ckpt.pt is saved; start again to resume
 EXIT_KILLED_BY_USR1 = 128 + int(signal.SIGUSR1)  # how a shell reports a USR1 before the handler is set
 
@@ -66,9 +67,13 @@ def format_loss_row(row: LossRow) -> list[str]:
 
 def parse_loss_row(values: list[str]) -> LossRow:
     """A loss.csv row from its fields; ValueError if one is not a number of its column's type
-    (the step is never empty)."""
+    (ints within 64 bits, as the database holds them; the step is never empty)."""
     step, *rest = values
-    return LossRow(int(step), *(k(t) if t != "" else None for k, t in zip(_KINDS[1:], rest, strict=True)))
+    row = LossRow(int(step), *(k(t) if t != "" else None for k, t in zip(_KINDS[1:], rest, strict=True)))
+    for value in (row.step, row.tokens):
+        if value is not None and not -(2**63) <= value < 2**63:
+            raise ValueError(f"{value} does not fit in 64 bits")
+    return row
 
 
 @dataclass
@@ -81,8 +86,9 @@ class LossRows:
 
 
 def read_loss_csv(path: Path) -> LossRows:
-    """Parse loss.csv. A truncated last line is ignored; a bad header raises ValueError."""
-    with open(path, newline="") as f:
+    """Parse loss.csv. A truncated last line is ignored, a malformed one (a byte that is not
+    UTF-8 included) reported in ``problems``; a bad header raises ValueError."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
         text = f.read()
     lines = text.split("\n")
     truncated = bool(text) and not text.endswith("\n")
@@ -172,14 +178,14 @@ class LossLog:
 
 # ------------------------------------------------------------------------------- final.json
 
-FINAL_COMPLETED, FINAL_FAILED = "completed", "failed"  # the statuses a final.json holds
+FINAL_COMPLETED, FINAL_FAILED, FINAL_DIVERGED = "completed", "failed", "diverged"  # final.json statuses
 
 
 @dataclass(frozen=True)
 class FinalRecord:
     """final.json: how a run ended, written once (atomically) when it ends."""
 
-    status: Any  # FINAL_COMPLETED or FINAL_FAILED (anything, as read from a file)
+    status: Any  # FINAL_COMPLETED, FINAL_FAILED or FINAL_DIVERGED (anything, as read from a file)
     final_nll: float | None = None  # held-out NLL at the last step: the run's answer
     final_train_loss: float | None = None
     steps: int | None = None
@@ -194,11 +200,19 @@ class FinalRecord:
     n_params: int | None = None
     n_params_non_embedding: int | None = None
     skipped_lines: int | None = None
-    error: str | None = None  # why it failed
+    error: str | None = None  # why it failed or diverged
     finished_at: str | None = None  # ISO 8601, UTC
+    diverged_at: int | None = None  # the step whose loss was not finite
 
     def write(self, work_dir: Path) -> None:
-        write_atomic(work_dir / FINAL, json.dumps(asdict(self), indent=2) + "\n")
+        """Atomically, as valid JSON: a non-finite number is written as null."""
+        data = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()
+        }
+        write_atomic(work_dir / FINAL, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+    def with_diverged_at(self, step: int) -> FinalRecord:
+        return replace(self, diverged_at=step)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> tuple[FinalRecord, dict[str, str]]:
@@ -296,7 +310,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-# ------------------------------------------------------------------ samples.txt and .lock
+# ------------------------------------------------------------------------------ samples.txt
 
 _SAMPLE_HEAD = re.compile(rb"^--- step (\d+) ---$", re.MULTILINE)
 
@@ -315,29 +329,6 @@ def trim_samples(path: Path, step: int) -> None:
     cut = next((m.start() for m in _SAMPLE_HEAD.finditer(text) if int(m.group(1)) > step), None)
     if cut is not None:
         write_atomic(path, text[:cut])
-
-
-def lock_work_dir(directory: Path) -> tuple[Held, str | None]:
-    """Take the work dir's exclusive ``.lock`` (holding "pid host" of this process) for a run.
-
-    Returns the hold, and a warning where the filesystem has no locks (then nothing stops a
-    second process). Raises RunDirError, writing nothing, when another process holds it.
-    """
-    try:
-        held, problem = try_lock(directory / LOCK, f"{os.getpid()} {this_host()}\n")
-    except LockBusy as e:
-        pid, host = (e.holder.split() + ["unknown", ""])[:2]
-        where = f" on {host}" if host and host != this_host() else ""
-        raise RunDirError(
-            f"{directory} is being trained by another process (pid {pid}{where}); "
-            "wait for it to end, or stop it first"
-        ) from None
-    if problem is None:
-        return held, None
-    return held, (
-        f"cannot lock {directory / LOCK} ({problem}): nothing stops another process from training "
-        "this work dir at the same time"
-    )
 
 
 # ---------------------------------------------------------------- logs and their attempts

@@ -26,6 +26,7 @@ CANCELLED = "cancelled"
 TIMEOUT = "timeout"
 PREEMPTED = "preempted"
 INTERRUPTED = "interrupted"  # stopped by a signal with a checkpoint saved (exit 75), not requeued
+DIVERGED = "diverged"  # its loss became non-finite: stopped there (final.json says at which step)
 BROKEN = "broken"  # collect found the run directory missing or unreadable
 UNKNOWN = "unknown"
 ALL_STATES = (
@@ -39,10 +40,12 @@ ALL_STATES = (
     TIMEOUT,
     PREEMPTED,
     INTERRUPTED,
+    DIVERGED,
     BROKEN,
     UNKNOWN,
 )
 ACTIVE_STATES = frozenset({PENDING, RUNNING, REQUEUED})
+# not diverged: it would diverge again (a run is deterministic); only --force starts it over
 RESUBMITTABLE_STATES = frozenset({FAILED, CANCELLED, TIMEOUT, PREEMPTED, INTERRUPTED, BROKEN, UNKNOWN})
 WATCHED_STATES = ACTIVE_STATES | {UNKNOWN, PREEMPTED}  # whose job may still change: polled by status
 
@@ -162,7 +165,10 @@ class Started:
 
 @dataclass(frozen=True)
 class Submitted:
-    """A scheduler queued the run's job (Slurm)."""
+    """A scheduler queued the run's job (Slurm). ``no_id``: it said so (sbatch exited 0) but
+    printed no job id that could be read: what it printed."""
+
+    no_id: str | None = None
 
 
 @dataclass(frozen=True)

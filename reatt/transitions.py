@@ -22,6 +22,7 @@ from reatt.states import (
     BROKEN,
     CANCEL_REQUESTED,
     COMPLETED,
+    DIVERGED,
     FAILED,
     INTERRUPTED,
     INTERRUPTED_REASON,
@@ -53,11 +54,14 @@ from reatt.states import (
 
 
 def final_state(final: FinalFile) -> RunState:
-    """What a final.json says: completed, or failed with its error (also when unreadable)."""
+    """What a final.json says: completed, diverged (where), or failed with its error (also when
+    it cannot be read)."""
     if final.record is None:
         return RunState(FAILED, final.problem)
     if final.record.completed:
         return RunState(COMPLETED)
+    if final.record.status == rundir.FINAL_DIVERGED:
+        return RunState(DIVERGED, str(final.record.error or "diverged"))
     return RunState(FAILED, str(final.record.error or f"final.json status {final.record.status!r}"))
 
 
@@ -109,7 +113,7 @@ def next_state(current: RunState, evidence: Evidence) -> RunState:
             return found
         case Elsewhere(reason, files):
             found = from_files(files)
-            return found if found.state in (COMPLETED, FAILED) else RunState(current.state, reason)
+            return found if found.state in (COMPLETED, FAILED, DIVERGED) else RunState(current.state, reason)
         case Unchanged():
             return current
         case Claimed(reason):
@@ -118,8 +122,17 @@ def next_state(current: RunState, evidence: Evidence) -> RunState:
             return previous
         case Started():
             return RunState(RUNNING)
-        case Submitted():
-            return RunState(PENDING)
+        case Submitted(no_id):
+            if no_id is None:
+                return RunState(PENDING)
+            # queued (never "not submitted": the next submit would queue it again), but not
+            # watchable: its own final.json will say how it ended (reatt status reads it)
+            return RunState(
+                UNKNOWN,
+                f"submitted (sbatch exited 0), but no job id could be read from what it printed "
+                f"({no_id}); `squeue --me` shows it: if it is not queued there, "
+                "`reatt submit --cluster --resubmit-failed` submits it again",
+            )
         case LaunchFailed(reason):
             return RunState(FAILED, reason)
         case Archived(moved_to, claimed):
@@ -145,8 +158,8 @@ def _ended(ev: Ended) -> RunState:
         if final is not None:
             return final
         return RunState(FAILED, f"{ev.reason} but the run wrote no final.json")
-    if ev.state == FAILED and final is not None and final.state == FAILED:
-        return final
+    if ev.state == FAILED and final is not None and final.state in (FAILED, DIVERGED):
+        return final  # the run's own word on how it ended
     return RunState(ev.state, ev.reason)
 
 
@@ -183,6 +196,8 @@ def _exited(ev: Exited) -> RunState:
         )
     if record is not None and record.status == rundir.FINAL_FAILED:
         return RunState(FAILED, str(record.error or "final.json: failed"))
+    if record is not None and record.status == rundir.FINAL_DIVERGED:
+        return final_state(ev.final) if ev.final is not None else RunState(DIVERGED)
     if ev.signalled:  # stopped by our Ctrl-C before it could checkpoint (e.g. still starting up)
         return RunState(INTERRUPTED, f"stopped by Ctrl-C ({exit_text(ev.rc)})")
     if ev.rc == rundir.EXIT_OK:
@@ -202,7 +217,7 @@ def _dir_missing(current: RunState, ev: DirMissing) -> RunState:
     """No directory is expected of a run not started yet (or one that failed before it made
     its directory); one that had files, or completed, is broken without it."""
     expected = ev.live and (current.state == PLANNED or current.state in ACTIVE_STATES)
-    gone = ev.collected_before or current.state in (COMPLETED, BROKEN)
+    gone = ev.collected_before or current.state in (COMPLETED, DIVERGED, BROKEN)
     if expected or not gone:
         return current
     return RunState(BROKEN, ev.reason)
@@ -218,7 +233,7 @@ def _collected(current: RunState, ev: Collected) -> RunState:
     """
     record = ev.final.record if ev.final is not None else None
     status = record.status if record is not None else None
-    finished = (rundir.FINAL_COMPLETED, rundir.FINAL_FAILED)
+    finished = (rundir.FINAL_COMPLETED, rundir.FINAL_FAILED, rundir.FINAL_DIVERGED)
     if ev.live and current.state in ACTIVE_STATES and (ev.problems or status not in finished):
         return current
     if ev.problems:
@@ -228,7 +243,11 @@ def _collected(current: RunState, ev: Collected) -> RunState:
             return RunState(COMPLETED)
         if status == rundir.FINAL_FAILED:
             return RunState(FAILED, str(record.error or "final.json: failed"))
-        return RunState(BROKEN, f"final.json: status {status!r}, expected 'completed' or 'failed'")
+        if status == rundir.FINAL_DIVERGED:
+            return RunState(DIVERGED, str(record.error or "diverged"))
+        return RunState(
+            BROKEN, f"final.json: status {status!r}, expected 'completed', 'failed' or 'diverged'"
+        )
     if ev.live and current.state == COMPLETED:
         return RunState(BROKEN, "final.json missing, but the run was recorded as completed")
     if ev.live and current.state != BROKEN:

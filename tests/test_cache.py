@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from reatt.errors import ConfigError, DataError
 from reatt.training import cache as C
 from reatt.training import dataset as D
+from reatt.training import encode as E
 from reatt.training.config import get_default_config
 from reatt.training.tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -229,7 +230,7 @@ def test_second_construction_reads_the_cache_without_tokenizing(tmp_path, prose_
     def no_tokenizing(*args):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(C, "encode_batch", no_tokenizing)
+    monkeypatch.setattr(E, "encode_batch", no_tokenizing)
     again = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
     assert again.cache_key == first.cache_key and meta.stat().st_mtime_ns == mtime
     # the key is the content: a copy elsewhere reuses the cache too
@@ -322,13 +323,13 @@ def build_concurrently(tmp_path, monkeypatch, path, n, all_inside_build):
     builds.mkdir()
     real = C.tokenize_into
 
-    def counted(path, display, tokenizer, out, skip):
+    def counted(path, display, tokenizer, out, skip, file_hash):
         (builds / out.name).touch()
         if all_inside_build:
             inside.wait(timeout=60)
         else:
             time.sleep(0.5)
-        return real(path, display, tokenizer, out, skip)
+        return real(path, display, tokenizer, out, skip, file_hash)
 
     monkeypatch.setattr(C, "tokenize_into", counted)
     cache_dir = str(tmp_path / "cache")
@@ -459,10 +460,12 @@ BAD_LINES = [
     ('{"text": 42}', '"text" is a JSON number, not a string'),
     ('{"text": null}', '"text" is a JSON null, not a string'),
     ('{"text": "\\ud800 lone surrogate"}', '"text" holds an unpaired surrogate'),
+    ('{"text": ' + "[" * 50_000 + "]" * 50_000 + "}", "not usable JSON (nested too deeply)"),
+    ('{"text": "a", "n": ' + "9" * 5000 + "}", "not usable JSON (Exceeds the limit"),
 ]
 
 
-@pytest.mark.parametrize("raw,reason", BAD_LINES, ids=[r for _, r in BAD_LINES])
+@pytest.mark.parametrize("raw,reason", BAD_LINES, ids=[r[:40] for _, r in BAD_LINES])
 def test_a_bad_line_is_an_error_naming_file_and_line(tmp_path, tok, raw, reason):
     texts = [prose(i, 40) for i in range(10)]
     path = write_jsonl(tmp_path / "corpus.jsonl", texts, {2: "", 4: raw})  # line 2 is blank
@@ -482,13 +485,13 @@ def test_invalid_utf8_is_a_bad_line(tmp_path, tok):
 
 def test_skip_bad_lines_skips_and_counts_them(tmp_path, tok):
     texts = [prose(i, 40) for i in range(10)]
-    bad = {3: BAD_LINES[0][0], 5: BAD_LINES[2][0], 6: "", 9: BAD_LINES[3][0]}
+    bad = {3: BAD_LINES[0][0], 5: BAD_LINES[2][0], 6: "", 9: BAD_LINES[3][0], 11: BAD_LINES[-2][0]}
     path = write_jsonl(tmp_path / "corpus.jsonl", texts, bad)
     ds = D.JSONLDataset(data_cfg(tmp_path, path, skip_bad_lines=True), seed=0, tokenizer=tok)
-    assert ds.skipped_lines == 3 and ds.cache.n_docs == 10
+    assert ds.skipped_lines == 4 and ds.cache.n_docs == 10
     meta = ds.cache.meta
-    assert [n for n, _ in meta["skipped_examples"]] == [3, 5, 9] and meta["blank_lines"] == 1
-    assert ds.describe()["skipped_lines"] == 3
+    assert [n for n, _ in meta["skipped_examples"]] == [3, 5, 9, 11] and meta["blank_lines"] == 1
+    assert ds.describe()["skipped_lines"] == 4
     # the strict cache is a different one: the same file still fails without the option
     with pytest.raises(DataError, match="corpus.jsonl:3: not valid JSON"):
         D.JSONLDataset(data_cfg(tmp_path, path), seed=0, tokenizer=tok)
@@ -549,3 +552,72 @@ def test_the_embedded_corpus_is_the_default_and_trains_offline(tmp_path, tok):
     assert x.shape == (64,) and torch.equal(x[1:], y[:-1])
     text = tok.decode(ds.eval_windows(8)[0][0])
     assert len(text.split()) > 10
+
+
+# --------------------------------------------------------------- trust: what a cache holds
+
+
+def test_a_file_rewritten_while_it_is_tokenized_caches_nothing(tmp_path, prose_file, tok, monkeypatch):
+    """The cache is keyed by the bytes tokenized: a file changed between its hash and its read
+    (another job rewriting it) must not be stored under the old content's key."""
+    real = C.content_hash
+
+    def hash_then_rewrite(path, cache_dir, display=""):
+        digest = real(path, cache_dir, display)
+        write_jsonl(prose_file, [prose(i, 30) for i in range(50)])  # the rewrite lands now
+        return digest
+
+    monkeypatch.setattr(C, "content_hash", hash_then_rewrite)
+    with pytest.raises(DataError, match="changed while it was being tokenized: nothing was cached"):
+        D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    assert not [p for p in (tmp_path / "cache" / "tokens").iterdir() if not p.name.endswith(".lock")]
+    monkeypatch.setattr(C, "content_hash", real)
+    C.forget_open_caches()
+    assert D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok).cache.n_docs == 50
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda t: t.write_bytes(bytes(reversed(t.read_bytes()))),  # valid ids, other tokens
+        lambda t: t.write_bytes(b"\xff" * t.stat().st_size),  # ids beyond the vocabulary
+    ],
+    ids=["other-valid-ids", "ids-beyond-vocab"],
+)
+def test_a_damaged_cache_is_detected_and_built_again(tmp_path, prose_file, tok, damage, caplog):
+    first = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    expected = doc_id_lists(first)
+    directory = first.cache.directory
+    damage(directory / "tokens.bin")  # same size: only the contents tell
+    C.forget_open_caches()
+    with caplog.at_level("WARNING"):
+        again = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    assert "is damaged" in caplog.text and str(directory) in caplog.text
+    assert doc_id_lists(again) == expected  # built again from the file, never trained on as it was
+    assert C.TokenCache.try_open(directory) is not None
+
+
+def test_split_text_pieces_join_into_the_ids_of_the_whole(tok):
+    """Long documents are tokenized in pieces (bounded memory): the ids must not change."""
+    rng = random.Random(3)
+    words = WORDS + ["don't", "it's", "1999", "3.14", "naïve", "e\u0301", "!!", "«quoted»", "x\ty", "a  b"]
+    text = " ".join(rng.choice(words) for _ in range(4000)) + "\n\n  tail  "
+    whole = E.encode_batch(tok, [text])[0]
+    for limit in (7, 31, 200, 1000):
+        pieces = list(E.split_text(text, limit))
+        assert "".join(pieces) == text and len(pieces) > 1
+        assert max(map(len, pieces)) <= limit or limit < 10  # a word longer than the limit stays whole
+        assert [i for ids in E.encode_batch(tok, pieces) for i in ids] == whole, limit
+
+
+def test_a_long_document_is_cached_in_pieces_with_the_same_ids(tmp_path, tok, monkeypatch):
+    texts = [prose(i, 3000) for i in range(3)] + [prose(9, 10)]
+    path = write_jsonl(tmp_path / "long.jsonl", texts)
+    whole = D.JSONLDataset(data_cfg(tmp_path, path), seed=0, tokenizer=tok)
+    monkeypatch.setattr(E, "BATCH_CHARS", 500)  # pieces of at most 500 characters
+    C.forget_open_caches()
+    pieces = D.JSONLDataset(
+        data_cfg(tmp_path, path, cache_dir=str(tmp_path / "other")), seed=0, tokenizer=tok
+    )
+    assert doc_id_lists(pieces) == doc_id_lists(whole)
+    assert pieces.cache.meta["tokens_sha256"] == whole.cache.meta["tokens_sha256"]

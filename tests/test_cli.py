@@ -181,3 +181,30 @@ def test_readme_commands_are_what_ci_runs():
     match = re.search(r'^TEST_CMD="(.*)"$', ci, re.M)
     assert match and match.group(1) == tests
     assert shlex.split(tests)  # parses as a shell line
+
+
+def test_bad_environments_are_one_line_errors_never_tracebacks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.db").write_text("these bytes are not a SQLite database\n" * 100)
+    r = runner.invoke(app, ["status"])
+    assert r.exit_code == 1 and r.output.startswith("Error: cannot open database sqlite:///")
+    assert "file is not a database" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["status", "--db", "postgresql+nosuchdriver://ann:hunter2@db.example/lab"])
+    assert r.exit_code == 1 and "hunter2" not in r.output and "ann:***@db.example" in r.output
+    spec = tmp_path / "big-seed.toml"
+    spec.write_text(TINY_SPEC.format(out=tmp_path / "out").replace("seeds = [1]", f"seeds = [{2**64}]"))
+    r = runner.invoke(app, ["plan", str(spec), "--db", str(tmp_path / "ok.db")])
+    assert r.exit_code == 1 and "expected a list of distinct integers from 0 to 2**63 - 1" in r.output
+
+
+def test_report_out_onto_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(TINY_SPEC.format(out=tmp_path / "out"))
+    assert invoke("plan", "s.toml").exit_code == 0
+    assert invoke("submit").exit_code == 0 and invoke("collect").exit_code == 0
+    (tmp_path / "a-file").write_text("x")
+    r = runner.invoke(app, ["report", "--out", "a-file"])
+    assert (
+        r.exit_code == 1
+        and r.output == "Error: a-file is not a directory: give --out a directory for the report's files\n"
+    )

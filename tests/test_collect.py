@@ -562,3 +562,43 @@ def test_clear_results_forgets_columns_and_metrics(engine, demo):
     assert (r.state, r.seed, r.work_dir) == (states.COMPLETED, 1, str(demo["rope-s1"]))
     res = collect(engine)  # read again whole
     assert res.runs_read == 1 and metric_count(engine, "rope-s1") == 11
+
+
+# ------------------------------------------------------------ trust: one bad run, not all
+
+
+def test_a_run_with_a_huge_integer_in_loss_csv_is_broken_and_the_others_are_collected(engine, demo):
+    """Regression: an integer beyond 64 bits raised OverflowError at the insert and rolled back
+    every run of the study."""
+    with open(demo["rope-s1"] / "loss.csv", "a") as f:
+        f.write(f"12,4.9,,5e-4,{2**70},2.5\n")
+    res = collect(engine)
+    assert res.runs_read == 4
+    runs = runs_by_name(engine)
+    assert runs["baseline-s1"].state == states.COMPLETED and metric_count(engine, "baseline-s1") == 11
+    assert any("does not fit in 64 bits" in w for w in res.warnings)  # the row is dropped, said
+    assert runs["rope-s1"].state == states.COMPLETED and metric_count(engine, "rope-s1") == 11
+
+
+def test_a_run_directory_that_cannot_be_read_is_broken_not_a_traceback(engine, demo, monkeypatch):
+    real = rundir.fingerprint
+
+    def no_permission(work_dir):
+        if work_dir == demo["rope-s2"]:
+            raise PermissionError(13, "Permission denied", str(work_dir / "config.json"))
+        return real(work_dir)
+
+    monkeypatch.setattr(rundir, "fingerprint", no_permission)
+    res = collect(engine)
+    assert res.broken == [("demo", "rope-s2", f"cannot read {demo['rope-s2']}: Permission denied")]
+    assert runs_by_name(engine)["rope-s1"].state == states.COMPLETED  # the others are collected
+
+
+def test_a_diverged_run_is_collected_as_diverged(engine, demo):
+    write_run(demo["rope-s2"], seed=2, status="diverged")
+    final = json.loads((demo["rope-s2"] / "final.json").read_text())
+    final["error"], final["diverged_at"] = "diverged at step 7: the training loss is nan", 7
+    (demo["rope-s2"] / "final.json").write_text(json.dumps(final))
+    collect(engine)
+    r = runs_by_name(engine)["rope-s2"]
+    assert (r.state, r.state_reason, r.final_nll) == ("diverged", final["error"], None)

@@ -162,3 +162,14 @@ def test_train_cli_bad_key_exits_2_without_traceback(tmp_path):
     assert not (tmp_path / "run").exists()
     r = run_train("--trainer.max_iters=abc")
     assert r.returncode == 2 and "expected an int" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_int_beyond_64_bits_is_refused_naming_the_key():
+    """The database and torch hold 64 bits: a larger seed would fail deep inside, or wrap."""
+    with pytest.raises(
+        ConfigError, match=r"system.seed=1180591620717411303424: expected an int of at most 64 bits"
+    ):
+        get_default_config().merge_from_args([f"--system.seed={2**70}"])
+    huge = "9" * 5000  # more digits than Python converts: still one clear line
+    with pytest.raises(ConfigError, match=r"trainer.max_iters='9999.*…: expected an int"):
+        get_default_config().merge_from_args([f"--trainer.max_iters={huge}"])

@@ -193,6 +193,9 @@ if mode in ("fail", "fail-then-usage"):
 if mode == "crash":
     print("Traceback (most recent call last):\nRuntimeError: boom", file=sys.stderr)
     sys.exit(3)
+if mode == "diverge":
+    final("diverged", "diverged at step 4: the training loss is nan")
+    sys.exit(3)
 (wd / "loss.csv").write_text("step,loss,val_loss,lr,tokens,elapsed_s\n0,,10.0,5e-4,0,0.1\n")
 final("completed")
 '''
@@ -457,3 +460,16 @@ def test_the_claim_is_atomic_and_undone_when_ctrl_c_comes_before_the_start(tmp_p
     mine.finish([job])
     assert mine.result.not_started == ["a"]
     assert dump(engine) == before and not wd["a"].exists()
+
+
+def test_a_diverged_run_is_reported_as_diverged_and_not_rerun_by_resubmit_failed(
+    tmp_path, engine, fake_train
+):
+    fake_study(tmp_path, engine, ok="", nan="diverge")
+    res = submit_local(engine, "fake", show_progress=False)
+    assert res.completed == ["ok"] and res.failed == []
+    assert res.diverged == [("nan", "diverged at step 4: the training loss is nan")]
+    nan = runs_of(engine, "fake")["nan"]
+    assert (nan.state, nan.state_reason) == ("diverged", "diverged at step 4: the training loss is nan")
+    again = submit_local(engine, "fake", resubmit_failed=True, show_progress=False)  # it would diverge again
+    assert again.diverged == [] and ("nan", "diverged") in again.skipped

@@ -17,6 +17,7 @@ import pytest
 from reatt.errors import StudyError
 from reatt.report.build import (
     COL_DELTA,
+    COL_DIVERGED,
     COL_FEATURES,
     COL_HIGH,
     COL_LOW,
@@ -794,3 +795,27 @@ def test_import_does_not_load_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_diverged_runs_are_shown_as_diverged_never_as_missing_data(engine: Any) -> None:
+    reason = "diverged at step 12: the training loss is nan"
+    runs = [
+        {"variant": "baseline", "seed": 1, "final_nll": 5.20},
+        {"variant": "baseline", "seed": 2, "final_nll": 5.25},
+        {"variant": "rope", "seed": 1, "final_nll": 5.10},
+        {"variant": "rope", "seed": 2, "state": "diverged", "state_reason": reason},
+    ]
+    add_study(engine, runs)
+    report = build_report(engine, "demo")
+    rope = row_of(report, "rope")
+    assert rope[COL_N] == 1 and rope[COL_DIVERGED] == 1 and row_of(report, "baseline")[COL_DIVERGED] == 0
+    assert any(f"rope-s2 diverged: {reason}" in note for note in report.notes)
+    assert "1/2 (1 diverged)" in to_text(report, "table")
+    assert "n diverged" in to_text(report, "csv").splitlines()[0]
+    add_study(
+        engine,
+        [{"variant": "baseline", "seed": 1, "state": "diverged", "state_reason": reason}],
+        name="all-nan",
+    )
+    with pytest.raises(StudyError, match="a run diverged when its loss became non-finite"):
+        build_report(engine, "all-nan")

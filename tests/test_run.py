@@ -14,8 +14,9 @@ import pytest
 
 from reatt.errors import RunDirError
 from reatt.files import this_host
-from reatt.rundir import EXIT_INTERRUPTED, lock_work_dir
+from reatt.rundir import EXIT_INTERRUPTED
 from reatt.train import main
+from reatt.training.run import lock_work_dir
 
 # A tiny, fast configuration on the embedded corpus (Python's docs).
 TINY = [
@@ -328,3 +329,143 @@ def test_a_missing_cuda_device_is_a_config_error_before_anything_is_written(tmp_
     assert main(args(wd, "--trainer.device=cuda", "--trainer.max_iters=5")) == 2
     assert "trainer.device='cuda' but CUDA is not available" in capsys.readouterr().err
     assert not wd.exists()
+
+
+# ------------------------------------------------------ trust: data, checkpoints, divergence
+
+
+def prose_jsonl(path, n=40, words=60):
+    import random
+
+    vocab = "the cat sat on a mat while an old dog slept near the warm fire and birds sang".split()
+    rng = random.Random(0)
+    lines = [json.dumps({"text": " ".join(rng.choice(vocab) for _ in range(words))}) for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def interrupted_after_a_checkpoint(wd, data, monkeypatch):
+    """Train on ``data`` until step 13 (checkpoint at 10), then crash: a run to resume."""
+    from reatt.training.run import TrainingRun
+
+    conf = args(wd, f"--data.file_path={data}", "--trainer.max_iters=20", "--trainer.ckpt_interval=10")
+    original = TrainingRun.on_batch_end
+
+    def crash_at_13(self, trainer):
+        original(self, trainer)
+        if trainer.iter_num == 13:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingRun, "on_batch_end", crash_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        main(conf)
+    monkeypatch.setattr(TrainingRun, "on_batch_end", original)
+    return conf
+
+
+def test_a_resume_on_changed_data_is_refused_and_keeps_the_record(tmp_path, monkeypatch, capsys):
+    data, wd = prose_jsonl(tmp_path / "data.jsonl"), tmp_path / "run"
+    conf = interrupted_after_a_checkpoint(wd, data, monkeypatch)
+    record, ckpt = (wd / "config.json").read_bytes(), (wd / "ckpt.pt").read_bytes()
+    original = data.read_bytes()
+    with open(data, "a") as f:  # edited while the run waited to resume
+        f.write(json.dumps({"text": "a new document the first steps never saw " * 5}) + "\n")
+    capsys.readouterr()
+    assert main(conf) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume {wd}: its data changed since it started (content_sha256: " in err
+    assert "move" in err and "start over" in err and "Traceback" not in err
+    assert (wd / "config.json").read_bytes() == record  # the record of the original data is kept
+    assert (wd / "ckpt.pt").read_bytes() == ckpt
+    assert final(wd)["status"] == "failed" and "its data changed" in final(wd)["error"]
+    data.write_bytes(original)  # the data it started with: the resume goes on, and ends
+    assert main(conf) == 0
+    config = json.loads((wd / "config.json").read_text())
+    assert config["meta"]["data"] == json.loads(record)["meta"]["data"]  # still the first record
+    assert [r["from_step"] for r in config["meta"]["resumes"]] == [10]
+    assert final(wd)["status"] == "completed"
+
+
+def test_a_crafted_checkpoint_runs_no_code(crashed_at_the_end, tmp_path, capsys):
+    """torch.load(weights_only=False) would run a pickle's code; reatt's refuses it."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (crashed_at_the_end / "ckpt.pt").write_bytes(pickle.dumps({"trainer": Payload(), "elapsed_s": 0.0}))
+    assert main(args(crashed_at_the_end, "--trainer.max_iters=7")) == 1
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "unreadable checkpoint" in err and "Traceback" not in err
+
+
+def test_a_diverging_run_stops_with_its_own_status_and_valid_json(tmp_path, capsys):
+    wd = tmp_path / "run"
+    code = main(
+        args(wd, "--trainer.max_iters=30", "--trainer.learning_rate=1e6", "--trainer.grad_norm_clip=0")
+    )
+    assert code == 3  # rundir.EXIT_DIVERGED
+    text = (wd / "final.json").read_text()
+
+    def no_constants(name):
+        raise AssertionError(f"final.json holds {name}: not valid JSON")
+
+    record = json.loads(text, parse_constant=no_constants)  # NaN or Infinity would fail here
+    assert record["status"] == "diverged" and record["final_nll"] is None
+    assert record["diverged_at"] >= 1 and record["steps"] < 30
+    assert f"diverged at step {record['diverged_at']}" in record["error"] and "nan" in record["error"]
+    assert "diverged at step" in capsys.readouterr().out
+
+
+def test_a_work_dir_that_cannot_be_made_is_exit_2_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    assert main(args(tmp_path / "file" / "run", "--trainer.max_iters=5")) == 2
+    err = capsys.readouterr().err
+    assert "cannot create system.work_dir" in err and "Traceback" not in err
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed(crashed_at_the_end):
+    stale = crashed_at_the_end / ".ckpt.pt.tmp-999999-deadbeef"
+    stale.write_bytes(b"\0" * 1024)  # what a kill during torch.save leaves
+    assert main(args(crashed_at_the_end, "--trainer.max_iters=7")) == 0
+    assert not stale.exists()
+
+
+def test_a_non_utf8_byte_in_a_loss_row_is_dropped_on_resume(crashed_at_the_end, capsys):
+    wd = crashed_at_the_end
+    lines = (wd / "loss.csv").read_bytes().split(b"\n")
+    lines.insert(2, b"3,\xff\xfe,,5e-4,12,0.1")
+    (wd / "loss.csv").write_bytes(b"\n".join(lines))
+    assert main(args(wd, "--trainer.max_iters=7")) == 0
+    assert "dropped a malformed row on resume" in capsys.readouterr().out
+
+
+def test_cpu_runs_record_their_thread_count(finished_run):
+    """CPU runs are bit-identical for one thread count (tests above); config.json says which."""
+    import torch
+
+    meta = json.loads((finished_run[0] / "config.json").read_text())["meta"]
+    assert meta["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root"
+)
+def test_a_full_disk_is_said_plainly_and_keeps_what_was_written(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("this machine cannot mount a tmpfs")
+    try:
+        wd = disk / "run"  # room for config.json and loss.csv, not for a checkpoint (~30 MB)
+        assert main(args(wd, "--trainer.max_iters=5")) == 1
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and "Traceback" not in err
+        assert len(rows(wd)) >= 2  # what was written is kept
+        assert not list(wd.glob(".*.tmp-*"))  # the half-written checkpoint is gone
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -171,13 +171,28 @@ def test_sbatch_missing(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "stdout", ["", "Submitted to the fair-share queue\n", "sbatch: warning: nope\n", "12a\n", "-1\n"]
 )
-def test_sbatch_garbage_output(tmp_path, fake, stdout):
+def test_sbatch_exit_0_without_a_readable_id_is_submitted_with_the_id_unknown(tmp_path, fake, stdout):
+    """sbatch exited 0: the job is queued. Recording "not submitted" would queue it again at the
+    next submit; it is recorded as submitted, id unknown, with what sbatch printed."""
     engine = make_study(tmp_path, features=1)
     fake.respond("sbatch", (0, stdout, "some warning\n"))
-    with pytest.raises(SlurmError, match="expected a job id from --parsable") as e:
-        submit_cluster(engine, None, project_dir=str(tmp_path))
-    assert "some warning" in str(e.value)
-    assert {r.state for r in runs(engine).values()} == {states.PLANNED}
+    result = submit_cluster(engine, None, project_dir=str(tmp_path))
+    assert result.submitted == [("baseline", ""), ("f0", "")]
+    got = runs(engine)
+    for r in got.values():
+        assert (r.state, r.job_id, r.executor) == (states.UNKNOWN, None, "slurm")
+        assert "no job id could be read" in r.state_reason and "some warning" in r.state_reason
+        assert "squeue --me" in r.state_reason
+    fake.respond("sbatch", (0, "77\n", ""))
+    again = submit_cluster(engine, None, project_dir=str(tmp_path))  # the next plain submit
+    assert again.submitted == [] and len(fake.calls("sbatch")) == 2  # queues nothing again
+    # its own final.json tells how it ended, without a job id to ask Slurm about
+    wd = Path(got["baseline"].work_dir)
+    wd.mkdir(parents=True)
+    (wd / "final.json").write_text(json.dumps({"status": "completed", "final_nll": 5.0}))
+    _, statuses = status.refresh(engine, None)
+    assert [s.state for s in statuses] == ["completed", "unknown"]
+    assert not fake.calls("squeue")  # no id: nothing to ask
 
 
 @pytest.mark.parametrize(
@@ -187,11 +202,26 @@ def test_sbatch_garbage_output(tmp_path, fake, stdout):
         ("42;cluster-b\n", "42"),
         ("banner line\n43\n", "43"),
         ("Submitted batch job 44\n", "44"),
+        ("45\nsite note: jobs over 2 h wait for the weekend\n", "45"),  # a note after the id
+        ("46;c1\n\nNOTE: 3 jobs in queue\n", "46"),
     ],
 )
 def test_sbatch_output_forms(tmp_path, fake, stdout, job_id):
     fake.respond("sbatch", (0, stdout, ""))
-    assert client.sbatch(tmp_path / "job.sbatch") == job_id
+    assert client.sbatch(tmp_path / "job.sbatch").job_id == job_id
+
+
+def test_slurm_output_that_is_not_utf8_is_read_all_the_same(tmp_path, fake):
+    engine = make_study(tmp_path, features=1)
+    fake.respond("sbatch", (0, "101\n", ""), (0, "102\n", ""))
+    submit_cluster(engine, None, project_dir=str(tmp_path))
+    program = (fake.bin / "squeue").read_text()
+    (fake.bin / "squeue").write_text(
+        program.replace("sys.stdout.write(out)", "sys.stdout.buffer.write(out.encode('latin-1'))")
+    )
+    fake.respond("squeue", (0, "101|RUNNING|None\n102|PENDING|Priorit\xe9\n", ""))
+    _, got = status.refresh(engine, None)
+    assert [s.state for s in got] == ["running", "pending"] and got[1].reason == "Priorit\ufffd"
 
 
 def test_array_submission_and_resubmit_failed_subset(tmp_path, fake):

@@ -393,6 +393,15 @@ def test_failure_exit_code_is_the_jobs(tmp_path):
         ({"extra_sbatch": ["--open=truncate"]}, "--open-mode is set by reatt"),
         ({"extra_sbatch": ["--err /tmp/x"]}, "--error is set by reatt"),
         ({"extra_sbatch": ["--o=x"]}, "--output / --open-mode is set by reatt"),
+        # several options on one #SBATCH line: sbatch reads them all, and the later line wins
+        ({"extra_sbatch": ["--comment=x --output=/elsewhere --no-requeue"]}, "3 options in one entry"),
+        ({"extra_sbatch": ["--constraint=a100 -o /tmp/x"]}, "2 options in one entry"),
+        ({"extra_sbatch": ["--exclude node07 node08"]}, "one sbatch option per entry"),
+        ({"extra_sbatch": ["--comment=a --comment=b"]}, "2 options in one entry"),
+        # the job's environment: an exported BASH_ENV runs code in the job
+        ({"extra_sbatch": ["--export=ALL,BASH_ENV=/tmp/evil.sh"]}, "--export is set by reatt"),
+        ({"extra_sbatch": ["--exp=NONE"]}, "--export is set by reatt (sbatch reads --exp as --export)"),
+        ({"extra_sbatch": ['--comment="a --output=/x"']}, "without quotes, backslashes"),
         ({"modules": ["python\nrm -rf /"]}, "slurm.modules"),
         ({"hf_home": "/a\nb"}, "slurm.hf_home"),
     ],

@@ -57,11 +57,14 @@ def fail(message: str) -> NoReturn:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a ReattError into a one-line error and exit code 1."""
+    """Turn a ReattError, or an OSError (a full disk, a permission: the machine's, not a bug),
+    into a one-line error and exit code 1, without a traceback."""
     try:
         yield
     except ReattError as e:
         fail(str(e))
+    except OSError as e:
+        fail(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
 
 
 def engine_for(db: str | None, *, create: bool = False) -> Any:

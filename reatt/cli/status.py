@@ -21,6 +21,7 @@ STATE_COLORS = {
     "timeout": "yellow",
     "preempted": "yellow",
     "interrupted": "yellow",
+    "diverged": "magenta",
 }
 REASON_WIDTH = 20  # the reason wraps: it needs only some room
 HIDDEN_FIRST = ("job", "elapsed", "loss", "step", "val loss")  # least useful first

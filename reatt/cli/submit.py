@@ -84,7 +84,7 @@ def submit(
             engine_for(db), study, executor, dry_run=dry_run, resubmit_failed=resubmit_failed, force=force
         )
     _print(result)
-    if result.failed or result.interrupted:
+    if result.failed or result.interrupted or result.diverged:
         raise typer.Exit(code=1)
 
 
@@ -105,7 +105,14 @@ def _print(result: Any) -> None:
     rerun = "(see `reatt status`; --resubmit-failed or --force to rerun)"
     if not result.waits:  # queued: they run later
         for name, job_id in result.submitted:
-            say(f"submitted {name}: job {job_id}")
+            if job_id:
+                say(f"submitted {name}: job {job_id}")
+            else:
+                say(
+                    f"submitted {name}, but sbatch printed no job id: see `reatt status`",
+                    "warning:",
+                    "yellow",
+                )
         say(f"nothing to submit {rerun}" if not result.submitted else "follow with: reatt status")
         return
     if result.completed:
@@ -114,7 +121,9 @@ def _print(result: Any) -> None:
         say(f"{name}: checkpoint saved; `reatt submit --resubmit-failed` resumes it", "interrupted", "yellow")
     if result.not_started:
         say(", ".join(result.not_started), "not started:", "yellow")
+    for name, reason in result.diverged:
+        say(f"{name}: {reason}", "diverged", "bold magenta")
     for name, reason in result.failed:
         say(f"{name}: {reason}", "failed", "bold red")
-    if not (result.completed or result.failed or result.interrupted):
+    if not (result.completed or result.failed or result.interrupted or result.diverged):
         say(f"nothing to run {rerun}")

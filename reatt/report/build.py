@@ -35,6 +35,7 @@ COL_VARIANT = "variant"
 COL_FEATURES = "features"
 COL_N = "n"  # completed seeds averaged
 COL_PLANNED = "n planned"
+COL_DIVERGED = "n diverged"  # seeds whose loss became non-finite: a result, not missing data
 COL_MEAN = "final NLL mean"
 COL_STD = "final NLL std"
 COL_DELTA = "Δ vs reference"
@@ -50,6 +51,7 @@ COLUMNS = (
     COL_FEATURES,
     COL_N,
     COL_PLANNED,
+    COL_DIVERGED,
     COL_MEAN,
     COL_STD,
     COL_DELTA,
@@ -182,6 +184,11 @@ def _no_runs_error(name: str, runs: Sequence[Any]) -> StudyError:
         hint = "see `reatt status` for why, then `reatt submit --resubmit-failed` and `reatt collect`"
     else:
         hint = "see `reatt status`"
+    if any(r.state == states.DIVERGED for r in runs):
+        hint += (
+            "; a run diverged when its loss became non-finite (`reatt status` says at which step): "
+            "a lower trainer.learning_rate, a warmup or gradient clipping usually helps"
+        )
     return StudyError(f"study {name!r}: no run has completed yet{rest}; {hint}")
 
 
@@ -300,6 +307,7 @@ def _aggregate(
                 COL_FEATURES: features[v],
                 COL_N: n,
                 COL_PLANNED: planned[v],
+                COL_DIVERGED: int(((missing["variant"] == v) & (missing["state"] == states.DIVERGED)).sum()),
                 COL_MEAN: row["mean"] if row is not None else math.nan,
                 COL_STD: row["std"] if row is not None else math.nan,
                 COL_DELTA: diff.delta,

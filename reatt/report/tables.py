@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from reatt.report.build import (
     COL_DELTA,
+    COL_DIVERGED,
     COL_FEATURES,
     COL_HIGH,
     COL_LOW,
@@ -103,6 +104,8 @@ def render_table(report: Report) -> Table:
     for _, row in report.table.iterrows():
         n, planned = int(row[COL_N]), int(row[COL_PLANNED])
         n_text = Text(str(n) if n == planned else f"{n}/{planned}", style="" if n == planned else "yellow")
+        if row[COL_DIVERGED]:  # a result: those seeds' loss became non-finite
+            n_text.append(f" ({int(row[COL_DIVERGED])} diverged)", style="magenta")
         nll = fmt_num(row[COL_MEAN])
         if not isnan(row[COL_STD]):
             nll += f" ± {fmt_num(row[COL_STD])}"

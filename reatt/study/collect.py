@@ -288,7 +288,15 @@ def _collect_run(
         result.broken.append((st.name, run.name, reason))
         return
 
-    files = rundir.fingerprint(work_dir)  # before reading: a run still writing is read again later
+    try:
+        files = rundir.fingerprint(work_dir)  # before reading: a run still writing is read again later
+    except OSError as e:  # e.g. no permission to look inside it
+        reason = f"cannot read {work_dir}: {e.strerror or e}"
+        store.advance(run, Collected(live, None, [reason], Files(exists=True, final=None, checkpoint=False)))
+        run.collect_error, run.files, run.collected_at = reason, None, utc_now()
+        if run.state == states.BROKEN:
+            result.broken.append((st.name, run.name, reason))
+        return
     if run.collected_at is not None and run.files == files:
         result.runs_unchanged += 1
         if run.state == states.BROKEN:

@@ -37,7 +37,15 @@ from typing import Any
 from reatt.errors import ConfigError, SpecError
 from reatt.executors.base import NAME_RE
 from reatt.executors.slurm.settings import SlurmSettings, check_settings
-from reatt.training.config import check_config, coerce, flatten, format_value, get_default_config
+from reatt.training.config import (
+    INT64,
+    check_config,
+    coerce,
+    flatten,
+    format_value,
+    get_default_config,
+    shown,
+)
 from reatt.training.schema import SCHEMA
 
 if sys.version_info >= (3, 11):
@@ -241,11 +249,12 @@ def load_spec(path: str | Path) -> StudySpec:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT64[1] for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
         raise SpecError(
-            f"{where}: [study] seeds = {seeds!r}: expected a list of distinct non-negative integers"
+            f"{where}: [study] seeds = {shown(seeds)}: expected a list of distinct integers "
+            "from 0 to 2**63 - 1"
         )
     description = st.get("description", "")
     if not isinstance(description, str):

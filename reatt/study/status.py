@@ -46,15 +46,15 @@ def place_of(st: store.Study) -> Place:
 
 
 def tracked(run: store.Run) -> Tracked:
-    assert run.job_id is not None
-    return Tracked(run.id, run.name, run.job_id, run.work_dir, run.state, run.state_reason, run.submitted_at)
+    job_id = run.job_id or ""  # "": queued under an id its executor could not read
+    return Tracked(run.id, run.name, job_id, run.work_dir, run.state, run.state_reason, run.submitted_at)
 
 
 def _by_executor(runs: list[store.Run], wanted: frozenset[str]) -> dict[str, list[Tracked]]:
-    """The runs in ``wanted`` states that have a job, by the kind of executor that holds them."""
+    """The runs in ``wanted`` states that an executor launched, by the kind of that executor."""
     out: dict[str, list[Tracked]] = defaultdict(list)
     for run in runs:
-        if run.executor and run.job_id and run.state in wanted:
+        if run.executor and (run.job_id or run.sbatch_path) and run.state in wanted:
             out[run.executor].append(tracked(run))
     return out
 

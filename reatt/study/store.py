@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -34,7 +35,9 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, object_session, relationship
 
 from reatt.errors import DatabaseError, StudyError
@@ -164,10 +167,11 @@ def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) ->
             )
         if not path.parent.is_dir():
             raise DatabaseError(f"cannot create the database {path}: {path.parent} is not a directory")
+    shown = shown_url(url)
     try:
         engine = create_engine(url)
     except (SQLAlchemyError, ImportError) as e:
-        raise DatabaseError(f"cannot open database {url!r}: {e}") from None
+        raise DatabaseError(f"cannot open database {shown}: {masked(str(e), url)}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
@@ -179,17 +183,39 @@ def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) ->
                 found = row.value if row else None
                 if found != str(SCHEMA_VERSION):
                     raise DatabaseError(
-                        f"{url}: schema version {found}, but this reatt uses version {SCHEMA_VERSION}; "
+                        f"{shown}: schema version {found}, but this reatt uses version {SCHEMA_VERSION}; "
                         "use another --db or a matching reatt version"
                     )
             elif existing & {"studies", "runs", "metrics"}:
-                raise DatabaseError(f"{url}: has reatt-like tables but no schema version; not touching it")
+                raise DatabaseError(f"{shown}: has reatt-like tables but no schema version; not touching it")
             else:
                 Base.metadata.create_all(conn)
                 session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-    except OperationalError as e:
-        raise DatabaseError(f"cannot open database {url!r}: {e.orig}") from None
+    except SQLAlchemyError as e:  # not a database ("file is not a database"), unreachable, read-only...
+        why = getattr(e, "orig", None) or e
+        raise DatabaseError(f"cannot open database {shown}: {masked(str(why), url)}") from None
     return engine
+
+
+def shown_url(url: str) -> str:
+    """A database URL as reatt prints it: never with its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def masked(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (a driver's message may quote it)."""
+    try:
+        password = make_url(url).password
+    except (SQLAlchemyError, ValueError):
+        password = None
+    return (
+        text.replace(url, shown_url(url)).replace(str(password), "***")
+        if password
+        else text.replace(url, shown_url(url))
+    )
 
 
 @contextmanager
@@ -202,13 +228,12 @@ def transaction(engine: Engine) -> Iterator[Session]:
     try:
         with Session(engine, expire_on_commit=False) as session, session.begin():
             yield session
-    except OperationalError as e:
+    except SQLAlchemyDatabaseError as e:  # locked, read-only, full, not a database...
         hint = (
             "; another reatt command (a long collect?) holds it: try again" if "locked" in str(e.orig) else ""
         )
-        raise DatabaseError(
-            f"database {engine.url.render_as_string(hide_password=True)}: {e.orig}{hint}"
-        ) from None
+        url = engine.url.render_as_string(hide_password=False)
+        raise DatabaseError(f"database {shown_url(url)}: {masked(str(e.orig), url)}{hint}") from None
 
 
 def get_study(session: Session, name: str | None) -> Study:

@@ -49,6 +49,7 @@ class SubmitResult:
     completed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run, reason)
     interrupted: list[str] = field(default_factory=list)  # stopped by a signal; submit again to resume
+    diverged: list[tuple[str, str]] = field(default_factory=list)  # (run, where its loss became non-finite)
     not_started: list[str] = field(default_factory=list)  # selected, but Ctrl-C came first
 
 
@@ -267,7 +268,12 @@ class LaunchSession:
                     continue
                 if moved[job.name] is not None:
                     _forget(run, str(moved[job.name]), claimed=True)
-                run.job_id, run.executor, run.sbatch_path, run.submitted_at = job_id, self.kind, script, now
+                run.job_id, run.executor, run.sbatch_path, run.submitted_at = (
+                    job_id or None,
+                    self.kind,
+                    script,
+                    now,
+                )
                 store.advance(run, evidence)
 
         self._in_transaction(record)  # may run ``record`` again: it keeps nothing between tries
@@ -300,6 +306,8 @@ class LaunchSession:
                 self.result.completed.append(job.name)
             elif new.state == states.INTERRUPTED:
                 self.result.interrupted.append(job.name)
+            elif new.state == states.DIVERGED:
+                self.result.diverged.append((job.name, new.reason or new.state))
             else:
                 self.result.failed.append((job.name, new.reason or new.state))
         return new
@@ -311,7 +319,7 @@ class LaunchSession:
         r.not_started = [job.name for job in jobs if job.name not in self.done]
         r.completed.sort(key=order.__getitem__)
         r.interrupted.sort(key=order.__getitem__)
-        for pairs in (r.failed, r.submitted, r.skipped):
+        for pairs in (r.failed, r.diverged, r.submitted, r.skipped):
             pairs.sort(key=lambda pair: order.get(pair[0], -1))
 
     def _update(self, name: str, change: Callable[[store.Run], None]) -> None:

@@ -2,43 +2,38 @@
 
 - ``resolve_cache_dir``: where caches live (``data.cache_dir``, else ``$REATT_CACHE_DIR``,
   else ``$XDG_CACHE_HOME/reatt`` or ``~/.cache/reatt``).
-- ``open_token_cache``: the file's token ids, built once by streaming the file through the fast
-  tokenizer in batches, then memory-mapped. The cache is keyed by the file's content (not its
-  name) and the tokenizer, built under a lock into a temporary directory and renamed into place,
-  so concurrent jobs on one file build it once and never read a half-written cache. A finished
-  cache is never moved or removed, with or without working locks.
+- ``open_token_cache``: the file's token ids, built once (``reatt.training.encode``: streamed
+  through the fast tokenizer in bounded memory), then memory-mapped. The cache is keyed by the
+  bytes that were tokenized (not the file's name) and the tokenizer, built under a lock into a
+  temporary directory and renamed into place, so concurrent jobs on one file build it once and
+  never read a half-written cache. Each open checks it (sizes, offsets, every id below the
+  vocabulary, the checksums recorded at build); a damaged cache is built again. A finished,
+  intact cache is never moved or removed, with or without working locks.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from reatt.errors import DataError
-from reatt.files import atomic_writer, exclusive_lock, fsync_dir, write_atomic
-from reatt.training.jsonl import LineLog, iter_texts, no_documents_message
-from reatt.training.tokenizer import tokenizer_fingerprint, tokenizer_source
+from reatt.files import exclusive_lock, fsync_dir, write_atomic
+from reatt.training.encode import file_sha256, tokenize_into
+from reatt.training.tokenizer import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
 # Bump when the files of a token cache change meaning, so old caches are not reused.
-CACHE_FORMAT = 1
-# A tokenizer batch ends after this many documents or this much text, whichever comes first:
-# big enough for the batch encoder to be efficient, small enough that memory stays bounded.
-BATCH_DOCS = 1000
-BATCH_CHARS = 1 << 20
+CACHE_FORMAT = 2  # 2: checksums and the largest id in meta.json, checked at each open
 
 
 # --------------------------------------------------------------------------- cache location
@@ -146,18 +141,33 @@ class TokenCache:
 
     @classmethod
     def try_open(cls, directory: Path) -> TokenCache | None:
-        """The finished cache in ``directory``, or None if absent, half-written or inconsistent."""
+        """The finished, intact cache in ``directory``, or None (see ``open``; why a finished
+        one is damaged is kept in ``_DAMAGED``)."""
+        cache, damage = cls.open(directory)
+        if damage is not None:
+            _DAMAGED[directory] = damage
+        return cache
+
+    @classmethod
+    def open(cls, directory: Path) -> tuple[TokenCache | None, str | None]:
+        """The finished cache in ``directory``, checked; else None, with why it is damaged
+        (None when it is merely absent, half-written or of an older format).
+
+        Checked each time: the files' sizes and offsets against meta.json, every id below the
+        vocabulary size, and the SHA-256 of tokens.bin and offsets.npy recorded when it was
+        built (about 1 GB/s; once per process and state of the files)."""
         try:
             meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
             if meta.get("format") != CACHE_FORMAT:
-                return None
+                return None, None
             n_docs, n_tokens = int(meta["n_docs"]), int(meta["n_tokens"])
             itemsize = np.dtype(meta["dtype"]).itemsize
-            if (directory / "tokens.bin").stat().st_size != n_tokens * itemsize:
-                return None
+            tokens = (directory / "tokens.bin").stat()
             offsets = np.load(directory / "offsets.npy", allow_pickle=False)
         except (OSError, ValueError, KeyError, TypeError):
-            return None
+            return None, None
+        if tokens.st_size != n_tokens * itemsize:
+            return None, f"tokens.bin holds {tokens.st_size} bytes, meta.json says {n_tokens * itemsize}"
         ok = (
             offsets.dtype == np.int64
             and offsets.shape == (n_docs + 1,)
@@ -165,7 +175,47 @@ class TokenCache:
             and offsets[-1] == n_tokens
             and bool(np.all(np.diff(offsets) >= 0))
         )
-        return cls(directory, meta, offsets) if ok else None
+        if not ok:
+            return None, "offsets.npy does not match meta.json"
+        cache = cls(directory, meta, offsets)
+        state = (
+            tokens.st_ino,
+            tokens.st_size,
+            tokens.st_mtime_ns,
+            (directory / "offsets.npy").stat().st_mtime_ns,
+        )
+        if _VERIFIED.get(state) != meta.get("tokens_sha256"):
+            problem = _damage(cache)
+            if problem is not None:
+                return None, problem
+            _VERIFIED[state] = meta.get("tokens_sha256")
+        return cache, None
+
+
+def _damage(cache: TokenCache) -> str | None:
+    """What is wrong with a cache's contents, or None: its ids and its recorded checksums."""
+    meta, directory = cache.meta, cache.directory
+    try:
+        largest = int(cache.tokens.max()) if cache.n_tokens else -1
+        if largest >= int(meta["vocab_size"]) or largest != int(meta["max_id"]):
+            return (
+                f"tokens.bin holds id {largest}; the vocabulary has {meta['vocab_size']} ids "
+                f"and the largest built was {meta['max_id']}"
+            )
+        for name, key in (("tokens.bin", "tokens_sha256"), ("offsets.npy", "offsets_sha256")):
+            if file_sha256(directory / name) != meta[key]:
+                return f"{name} does not have the SHA-256 recorded when the cache was built"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"cannot be checked ({e})"
+    finally:
+        cache._tokens = None  # the check's mapping; training maps it again
+    return None
+
+
+# Caches checked by this process, by (inode, size, mtime of tokens.bin, mtime of offsets.npy):
+# the tokens.bin checksum they were found to have; and why the damaged ones are, by directory.
+_VERIFIED: dict[tuple[int, int, int, int], str | None] = {}
+_DAMAGED: dict[Path, str] = {}
 
 
 # Caches opened by this process, by directory: both splits of a file share one.
@@ -204,6 +254,8 @@ def open_token_cache(
         if final in _OPEN_CACHES:
             return _OPEN_CACHES[final]
         cache = TokenCache.try_open(final)
+        if cache is None and final in _DAMAGED:
+            log.warning("the token cache %s is damaged (%s): building it again", final, _DAMAGED.pop(final))
         if cache is None:
             final.parent.mkdir(parents=True, exist_ok=True)
             with exclusive_lock(final.parent / f"{key}.lock") as locked:
@@ -260,8 +312,11 @@ def _build(
     tmp.mkdir()
     try:
         log.info("tokenizing %s (%.1f MB) into the cache %s", display, path.stat().st_size / 1e6, final)
-        meta = tokenize_into(path, display, tokenizer, tmp, skip_bad_lines)
-        meta["content_sha256"] = file_hash
+        meta = {
+            "format": CACHE_FORMAT,
+            **tokenize_into(path, display, tokenizer, tmp, skip_bad_lines, file_hash),
+        }
+        log.info("tokenized %s: %d documents, %d tokens", display, meta["n_docs"], meta["n_tokens"])
         write_atomic(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")  # last: marks it finished
         fsync_dir(tmp)
         try:
@@ -280,77 +335,10 @@ def _build(
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
         fsync_dir(final.parent)
+        st = (final / "tokens.bin").stat()  # checked as it was written: not hashed again on open
+        _VERIFIED[(st.st_ino, st.st_size, st.st_mtime_ns, (final / "offsets.npy").stat().st_mtime_ns)] = meta[
+            "tokens_sha256"
+        ]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def tokenize_into(
-    path: Path, display: str, tokenizer: Any, out: Path, skip_bad_lines: bool
-) -> dict[str, Any]:
-    """Write tokens.bin and offsets.npy into ``out``; return the meta.json contents."""
-    vocab_size = len(tokenizer)
-    dtype = np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-    size = path.stat().st_size
-    start = time.perf_counter()
-    lines = LineLog()
-    offsets = array.array("q", [0])
-    n_tokens = 0
-    with open(out / "tokens.bin", "wb") as f:
-        for batch in _batches(iter_texts(path, display, skip_bad_lines, lines)):
-            ids = encode_batch(tokenizer, batch)
-            for doc in ids:
-                n_tokens += len(doc)
-                offsets.append(n_tokens)
-            flat = np.fromiter((t for doc in ids for t in doc), dtype=np.int64, count=sum(map(len, ids)))
-            if flat.size and int(flat.max()) > np.iinfo(dtype).max:
-                raise DataError(f"token id {int(flat.max())} does not fit the cache's {dtype.name}")
-            f.write(flat.astype(dtype).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    n_docs = len(offsets) - 1
-    if n_docs == 0:
-        raise DataError(no_documents_message(display, lines))
-    with atomic_writer(out / "offsets.npy") as f:  # fsynced, like tokens.bin
-        np.save(f, np.frombuffer(offsets, dtype=np.int64))
-    seconds = time.perf_counter() - start
-    log.info("tokenized %s: %d documents, %d tokens in %.1f s", display, n_docs, n_tokens, seconds)
-    return {
-        "format": CACHE_FORMAT,
-        "source_path": str(path.resolve()),
-        "file_size": size,
-        "content_sha256": None,  # set by _build
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "tokenizer_source": tokenizer_source(tokenizer),
-        "vocab_size": vocab_size,
-        "dtype": dtype.str,
-        "n_docs": n_docs,
-        "n_tokens": n_tokens,
-        "skip_bad_lines": skip_bad_lines,
-        "skipped_lines": lines.skipped,
-        "skipped_examples": [[n, reason] for n, reason in lines.examples],
-        "blank_lines": lines.blank,
-        "build_seconds": round(seconds, 3),
-        "tokens_per_s": round(n_tokens / seconds) if seconds > 0 else None,
-        "file_mb_per_s": round(size / 1e6 / seconds, 3) if seconds > 0 else None,
-    }
-
-
-def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
-    batch: list[str] = []
-    chars = 0
-    for text in texts:
-        batch.append(text)
-        chars += len(text)
-        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text: no special tokens added, no end-of-text appended."""
-    backend = tokenizer.backend_tokenizer
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets
-    return [e.ids for e in encode(texts, add_special_tokens=False)]

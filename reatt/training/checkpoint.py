@@ -1,40 +1,85 @@
 """ckpt.pt: everything a resumed run needs to continue exactly as an uninterrupted one.
 
 The trainer's state (model, optimizer, step, every RNG state, loss accumulators, counters),
-the wall time so far and the config, saved with ``torch.save`` through an atomic, fsynced
-write: a node crash leaves the old checkpoint or the new one, never a part.
+the wall time so far, the config and the identity of the data it trains on, saved with
+``torch.save`` through an atomic, fsynced write: a node crash leaves the old checkpoint or the
+new one, never a part. It is loaded with ``weights_only=True``: a crafted ckpt.pt cannot run
+code, it is only an unreadable checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 from reatt.errors import RunDirError
 from reatt.files import atomic_writer
 
+FULL_BELOW = 64 << 20  # a failed torch.save with less free space than this: the disk is full
 
-def save_checkpoint(path: Path, trainer: Any, elapsed_s: float, config: dict[str, Any]) -> None:
+
+def save_checkpoint(
+    path: Path, trainer: Any, elapsed_s: float, config: dict[str, Any], data: dict[str, Any]
+) -> None:
     import torch
 
-    state = {"trainer": trainer.state_dict(), "elapsed_s": elapsed_s, "config": config}
-    with atomic_writer(path, "wb") as f:  # fsynced: a node crash leaves the old or the new
-        torch.save(state, f)
-
-
-def load_checkpoint(path: Path, trainer: Any, device: Any) -> float:
-    """Restore ``trainer`` from ``path``; returns the wall time the run had spent so far.
-    An unusable file is a RunDirError saying what to do."""
-    import torch
-
+    state = {"trainer": trainer.state_dict(), "elapsed_s": elapsed_s, "config": config, "data": data}
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
-        trainer.load_state_dict(state["trainer"])
-        return float(state["elapsed_s"])
+        with atomic_writer(path, "wb") as f:  # fsynced: a node crash leaves the old or the new
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+        free = shutil.disk_usage(path.parent).free
+        if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if isinstance(e, RuntimeError) and free >= FULL_BELOW:
+            raise
+        raise RunDirError(
+            f"cannot save {path}: No space left on device ({free:,} bytes free); the previous "
+            "checkpoint, if any, is kept: free some space and run again to resume from it"
+        ) from None
+
+
+def load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
+    """The state in ``path`` (``trainer``, ``elapsed_s``, ``config``, and ``data`` from reatt 0.2
+    on), loaded without running any code; an unusable file is a RunDirError saying what to do."""
+    import importlib
+
+    import numpy as np
+    import torch
+
+    # what numpy's RNG state of checkpoints before reatt 0.2 needs: plain arrays, no code
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy 1
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    arrays = [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(arrays), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a foreign file's pickle protocol: refused below anyway
+            state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or not {"trainer", "elapsed_s"} <= set(state):
+            raise ValueError("not a reatt checkpoint")
+        return state
     except torch.cuda.OutOfMemoryError:
         raise
-    except Exception as e:  # empty or truncated file, not a checkpoint, missing keys...
-        raise RunDirError(
-            f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]}); move it "
-            f"aside (mv {path} {path}.bad) to restart this run from step 0"
-        ) from None
+    except Exception as e:  # empty, truncated or crafted file, not a checkpoint, missing keys...
+        raise unreadable(path, e) from None
+
+
+def restore(path: Path, trainer: Any, state: dict[str, Any]) -> float:
+    """Put ``state`` (from ``load_checkpoint``) into ``trainer``; the wall time so far."""
+    try:
+        trainer.load_state_dict(state["trainer"])
+        return float(state["elapsed_s"])
+    except Exception as e:  # shapes or keys of another model, a damaged state...
+        raise unreadable(path, e) from None
+
+
+def unreadable(path: Path, e: Exception) -> RunDirError:
+    return RunDirError(
+        f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]}); move it "
+        f"aside (mv {path} {path}.bad) to restart this run from step 0"
+    )

@@ -25,12 +25,24 @@ from typing import Any
 from reatt.errors import ConfigError
 from reatt.training.schema import MODEL_TYPES, NODES, SCHEMA, unknown_key_error
 
+INT64 = (-(2**63), 2**63 - 1)  # what an int key may hold: the database and torch take 64 bits
+
+
+def shown(value: Any, width: int = 60) -> str:
+    """``repr(value)`` for an error message, cut to ``width`` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print (sys.get_int_max_str_digits)
+        text = f"<an int of about {value.bit_length() * 0.30103:.0f} digits>"
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
 
 def coerce(key: str, value: Any, *, where: str = "") -> Any:
     """Check ``value`` against the declared type of ``key``; return it in that type.
 
-    ints are accepted for float keys and integral floats (``1e3``) for int keys; bool keys
-    take True/False (and the strings true/false/yes/no, any case); str keys take any text.
+    ints are accepted for float keys and integral floats (``1e3``) for int keys, within 64 bits;
+    bool keys take True/False (and the strings true/false/yes/no, any case); str keys take any
+    text.
     """
     if key not in SCHEMA:
         raise unknown_key_error(key, where)
@@ -38,7 +50,7 @@ def coerce(key: str, value: Any, *, where: str = "") -> Any:
     want = spec.default
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}{key}={value!r}: expected {expected}")
+        return ConfigError(f"{where}{key}={shown(value)}: expected {expected}")
 
     if isinstance(want, bool):
         if isinstance(value, bool):
@@ -56,6 +68,8 @@ def coerce(key: str, value: Any, *, where: str = "") -> Any:
             out = int(value)
         else:
             raise bad("an int")
+        if not INT64[0] <= out <= INT64[1]:
+            raise bad("an int of at most 64 bits (between -2**63 and 2**63 - 1)")
     elif isinstance(want, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad("a finite float")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reatt.errors import DataError
+from reatt.states import one_line
 
 # meta.json keeps the first few skipped lines (line number and reason) as examples.
 MAX_SKIPPED_EXAMPLES = 10
@@ -34,11 +35,13 @@ class LineLog:
             self.examples.append((lineno, reason))
 
 
-def iter_texts(path: Path, display: str, skip_bad_lines: bool, lines: LineLog) -> Iterator[str]:
-    """The ``text`` of each document line of a JSONL file, streamed.
+def iter_texts(
+    path: Path, display: str, skip_bad_lines: bool, lines: LineLog, digest: Any = None
+) -> Iterator[tuple[int, str]]:
+    """(line number, ``text``) of each document line of a JSONL file, streamed.
 
     A bad line raises ``DataError("<display>:<line>: <reason>")``, or with ``skip_bad_lines``
-    is recorded in ``lines`` and skipped.
+    is recorded in ``lines`` and skipped. ``digest`` (a hashlib object) is fed every byte read.
     """
     try:
         f = open(path, "rb")
@@ -46,6 +49,8 @@ def iter_texts(path: Path, display: str, skip_bad_lines: bool, lines: LineLog) -
         raise DataError(f"cannot read data file {display}: {e.strerror or e}") from e
     with f:
         for lineno, raw in enumerate(f, start=1):
+            if digest is not None:
+                digest.update(raw)
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte order mark
             if not raw.strip():
@@ -53,15 +58,22 @@ def iter_texts(path: Path, display: str, skip_bad_lines: bool, lines: LineLog) -
                 continue
             text, reason = _parse_line(raw)
             if reason is None:
-                yield text
-            elif skip_bad_lines:
-                lines.skip(lineno, reason)
+                yield lineno, text
             else:
-                raise DataError(
-                    f"{display}:{lineno}: {reason} "
-                    '(each line must be a JSON object with a string "text" field; '
-                    "set data.skip_bad_lines=True to skip such lines)"
-                )
+                bad_line(display, lineno, reason, skip_bad_lines, lines)
+
+
+def bad_line(display: str, lineno: int, reason: str, skip_bad_lines: bool, lines: LineLog) -> None:
+    """A line that is no usable document: recorded and skipped with ``skip_bad_lines``, else
+    ``DataError("<display>:<line>: <reason>")``."""
+    if skip_bad_lines:
+        lines.skip(lineno, reason)
+        return
+    raise DataError(
+        f"{display}:{lineno}: {reason} "
+        '(each line must be a JSON object with a string "text" field; '
+        "set data.skip_bad_lines=True to skip such lines)"
+    )
 
 
 def _parse_line(raw: bytes) -> tuple[str, str | None]:
@@ -72,6 +84,10 @@ def _parse_line(raw: bytes) -> tuple[str, str | None]:
         return "", f"not valid UTF-8 (byte {e.start})"
     except json.JSONDecodeError as e:
         return "", f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+    except RecursionError:
+        return "", "not usable JSON (nested too deeply)"
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        return "", f"not usable JSON ({one_line(e, 120)})"
     if not isinstance(obj, dict):
         return "", f"not a JSON object (a JSON {_json_type(obj)})"
     if "text" not in obj:

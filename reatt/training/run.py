@@ -12,8 +12,8 @@ with ``EXIT_INTERRUPTED``. One process at a time trains a work dir: it holds the
 from __future__ import annotations
 
 import copy
+import math
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -21,47 +21,31 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reatt import __version__, rundir
+from reatt import rundir
 from reatt.errors import ReattError, RunDirError
-from reatt.files import utc_iso
-from reatt.rundir import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FinalRecord, LossLog, LossRow
-from reatt.training.checkpoint import load_checkpoint, save_checkpoint
-from reatt.training.config import CfgNode, check_config, flatten, get_default_config
+from reatt.files import remove_temp_files, utc_iso
+from reatt.rundir import (
+    EXIT_DIVERGED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    FinalRecord,
+    LossLog,
+    LossRow,
+)
+from reatt.training.checkpoint import load_checkpoint, restore, save_checkpoint
+from reatt.training.config import CfgNode, check_config, get_default_config
 from reatt.training.progress import TrainProgress, print_help
+from reatt.training.workdir import (
+    DATA_IDENTITY,
+    check_same_data,
+    check_work_dir,
+    lock_work_dir,
+    write_start_files,
+)
 
-# keys that change how a run executes, not what it computes: they may differ on resume
-EXECUTION_KEYS = {"system.work_dir", "system.num_threads", "trainer.num_workers"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
-def git_commit() -> str | None:
-    """The commit of the reatt checkout this code runs from, if it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def config_differences(old: dict[str, Any], new: CfgNode) -> list[str]:
-    """'key: old -> new' for every computation-relevant key that differs."""
-    old_flat = flatten({k: old[k] for k in ("system", "data", "model", "trainer") if k in old})
-    diffs = []
-    for key, value in new.flat():
-        if key in EXECUTION_KEYS:
-            continue
-        before = old_flat.get(key, "<missing>")
-        if isinstance(value, tuple):
-            value = list(value)
-        if before != value:
-            diffs.append(f"{key}: {before!r} -> {value!r}")
-    return diffs
 
 
 def parse_config(argv: list[str]) -> CfgNode:
@@ -111,31 +95,7 @@ class TrainingRun:
             self.device_desc = device_name(self.device)
 
     def _check_work_dir(self) -> None:
-        """Refuse a work dir holding a different run; nothing is written before this passes."""
-        if self.dir.exists() and not self.dir.is_dir():
-            raise RunDirError(f"system.work_dir={str(self.dir)!r} exists and is not a directory")
-        cfg_path = self.dir / rundir.CONFIG
-        if cfg_path.exists():
-            try:
-                old = rundir.read_json(cfg_path) or {}
-            except (OSError, ValueError) as e:
-                raise RunDirError(
-                    f"{cfg_path}: unreadable ({e}); move it away or use another system.work_dir"
-                ) from None
-            diffs = config_differences(old, self.cfg)
-            if diffs:
-                raise RunDirError(
-                    f"{self.dir} holds a run with a different config ("
-                    + "; ".join(diffs[:5])
-                    + ("; ..." if len(diffs) > 5 else "")
-                    + "); use another system.work_dir, or remove that one to start over"
-                )
-        elif self.ckpt_path.exists():
-            raise RunDirError(
-                f"{self.dir} has ckpt.pt but no config.json; cannot tell which run it belongs to"
-            )
-        final = rundir.read_final(self.dir)  # unreadable: not a completed run
-        self.already_completed = bool(final and final.record and final.record.completed)
+        self.already_completed = check_work_dir(self.dir, self.cfg)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signal_received = signal.Signals(signum).name
@@ -144,9 +104,14 @@ class TrainingRun:
         if self.already_completed:
             print(f"{self.dir}: already completed (final.json); nothing to do")
             return EXIT_OK
-        self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            lock, warning = rundir.lock_work_dir(self.dir)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock, warning = lock_work_dir(self.dir)
+        except OSError as e:
+            print(
+                f"error: cannot create system.work_dir={str(self.dir)!r}: {e.strerror or e}", file=sys.stderr
+            )
+            return EXIT_USAGE
         except RunDirError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -167,16 +132,24 @@ class TrainingRun:
             print(f"{self.dir}: already completed (final.json); nothing to do")
             return EXIT_OK
         (self.dir / rundir.FINAL).unlink(missing_ok=True)  # a failed attempt's; this one replaces it
+        remove_temp_files(self.dir)  # of writers killed mid-write (ckpt.pt's can be large): we hold the lock
         self.t_start = time.time()
         self.elapsed_before = 0.0
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             return self._train()
         except Exception as e:  # a real failure: record it, keep the traceback of a bug in the log
-            if not isinstance(e, ReattError):
+            if isinstance(e, ReattError):
+                message = str(e)
+            elif isinstance(e, OSError):  # the machine's (a full disk, a permission): no traceback
+                message = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+            else:
                 traceback.print_exc()
-            message = str(e) if isinstance(e, ReattError) else f"{type(e).__name__}: {e}"
-            self._final_record(rundir.FINAL_FAILED, error=message).write(self.dir)
+                message = f"{type(e).__name__}: {e}"
+            try:
+                self._final_record(rundir.FINAL_FAILED, error=message).write(self.dir)
+            except OSError as again:
+                message += f" (and final.json could not be written: {again.strerror or again})"
             print(f"error: {message}", file=sys.stderr)
             return EXIT_FAILED
         finally:
@@ -227,9 +200,13 @@ class TrainingRun:
         cfg = self.cfg
         train_ds, eval_ds = self._setup()
         trainer = self.trainer
+        described = train_ds.describe()
+        self.data = {k: described[k] for k in DATA_IDENTITY}
         resume = self.ckpt_path.exists()
         if resume:
-            self.elapsed_before = load_checkpoint(self.ckpt_path, trainer, self.device)
+            state = load_checkpoint(self.ckpt_path, self.device)
+            check_same_data(self.dir, state.get("data"), self.data)  # before anything is written
+            self.elapsed_before = restore(self.ckpt_path, trainer, state)
         # before anything else is written: a loss.csv that cannot be resumed stops here
         self.log = LossLog(self.dir / rundir.LOSS, trainer.iter_num if resume else None)
         try:
@@ -251,6 +228,11 @@ class TrainingRun:
             trainer.add_callback("on_batch_end", self.on_batch_end)
             if self.signal_received is None:
                 trainer.run()
+            if trainer.diverged is not None:  # stopped early: nothing after it would mean anything
+                self.progress.message(f"error: {trainer.diverged}; stopped (final.json: diverged)")
+                record = self._final_record(rundir.FINAL_DIVERGED, error=str(trainer.diverged))
+                record.with_diverged_at(trainer.diverged.step).write(self.dir)
+                return EXIT_DIVERGED
             if self.signal_received is not None and trainer.iter_num < cfg.trainer.max_iters:
                 self._save_checkpoint()
                 self.progress.message(
@@ -280,6 +262,10 @@ class TrainingRun:
         evaluate = last or step % tc.eval_interval == 0
         if last or evaluate or step % tc.log_interval == 0:
             val = trainer.evaluate() if evaluate else None
+            if val is not None and not math.isfinite(val):
+                from reatt.training.trainer import Divergence
+
+                trainer.diverged, trainer.stop = Divergence(step, f"the held-out NLL is {val}"), True
             loss = trainer.take_mean_loss()
             if last:
                 self.final_val, self.final_train = val, loss
@@ -311,27 +297,22 @@ class TrainingRun:
             f.write(block)
 
     def _save_checkpoint(self) -> None:
-        save_checkpoint(self.ckpt_path, self.trainer, self.elapsed(), self.cfg.to_dict())
+        save_checkpoint(self.ckpt_path, self.trainer, self.elapsed(), self.cfg.to_dict(), self.data)
 
     def _write_start_files(self, train_ds: Any, eval_ds: Any, resumed_from: int | None) -> None:
         import torch
 
-        rundir.write_args(self.dir, self.argv)
         meta = {
-            "reatt_version": __version__,
-            "git_commit": git_commit(),
             "torch_version": torch.__version__,
-            "python_version": sys.version.split()[0],
             "device": self.device_desc,
-            "argv": self.argv,
             "started_at": utc_iso(),
-            "resumed_from_step": resumed_from,
+            "threads": torch.get_num_threads(),  # CPU results are bit-identical for one thread count
             "model": self.model_info,
             "n_params": self.model_info["n_params"],
             "n_params_non_embedding": self.model_info["n_params_non_embedding"],
             "data": {"train": train_ds.describe(), "eval": eval_ds.describe()},
         }
-        rundir.write_config(self.dir, self.cfg.to_dict(), meta)
+        write_start_files(self.dir, self.cfg, self.argv, meta, resumed_from)
 
     def _final_record(self, status: str, error: str | None = None) -> FinalRecord:
         from reatt.training.trainer import peak_flops

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -114,6 +114,16 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
+class Divergence(NamedTuple):
+    """Where a run's loss stopped being a finite number."""
+
+    step: int
+    what: str  # "the training loss is nan", "the held-out NLL is inf"
+
+    def __str__(self) -> str:
+        return f"diverged at step {self.step}: {self.what}"
+
+
 class Trainer:
     """Trains ``model`` on batches ``train_dataset[k]``, k = step * batch_size + i."""
 
@@ -145,6 +155,7 @@ class Trainer:
         self.last_mean_loss: float | None = None  # what take_mean_loss last returned (the last row's)
         self.lr = lr_at(0, config)
         self.stop = False  # a callback may set this to end run() after the current step
+        self.diverged: Divergence | None = None  # set when the loss becomes non-finite
 
     # --- callbacks (minGPT style) ---
     def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
@@ -218,8 +229,11 @@ class Trainer:
             loss.backward()
             if cfg.grad_norm_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_norm_clip)
-            self.optimizer.step()
             self.last_loss = loss.item()  # also waits for the device: the timing below is real
+            if not math.isfinite(self.last_loss):  # diverged: the step is not taken
+                self.diverged = Divergence(self.iter_num + 1, f"the training loss is {self.last_loss}")
+                break
+            self.optimizer.step()
             self.train_time += time.perf_counter() - t0
             self.loss_sum += self.last_loss
             self.loss_count += 1
@@ -231,10 +245,19 @@ class Trainer:
 
     # --- checkpoint state ---
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, in types ``torch.load(weights_only=True)`` accepts: tensors,
+        numbers, strings, and lists, tuples and dicts of them (numpy's RNG state as a tensor)."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": {
+                "kind": str(kind),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
         }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -260,6 +283,16 @@ class Trainer:
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        numpy_rng = rng["numpy"]
+        if isinstance(numpy_rng, dict):
+            keys = numpy_rng["keys"].numpy().astype(np.uint32)
+            numpy_rng = (
+                numpy_rng["kind"],
+                keys,
+                numpy_rng["pos"],
+                numpy_rng["has_gauss"],
+                numpy_rng["gauss"],
+            )
+        np.random.set_state(numpy_rng)  # a tuple in checkpoints of reatt before 0.2
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

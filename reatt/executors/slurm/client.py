@@ -23,7 +23,9 @@ COMMAND_TIMEOUT = 120  # seconds for one Slurm client command (a busy controller
 def _run(argv: list[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run one Slurm client command (no shell). Missing or hung: SlurmError."""
     try:
-        return subprocess.run(argv, shell=False, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(  # bytes that are not UTF-8 (a site's locale) are replaced, not fatal
+            argv, shell=False, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+        )
     except FileNotFoundError:
         raise SlurmError(
             f"{argv[0]} not found: Slurm's client commands were not found on PATH "
@@ -46,8 +48,18 @@ _PARSABLE = re.compile(r"(\d+)(?:;\S+)?")  # `sbatch --parsable`: "123" or "123;
 _SUBMITTED = re.compile(r"Submitted batch job (\d+)")
 
 
-def sbatch(script: str | os.PathLike[str]) -> str:
-    """Submit a script with ``sbatch --parsable``; return its job id (``"123"``)."""
+@dataclass(frozen=True)
+class Submission:
+    """What ``sbatch`` said: the job id, or (it exited 0: the job is queued) why none was read."""
+
+    job_id: str | None
+    output: str  # its stdout and stderr, cut: what a warning quotes when there is no id
+
+
+def sbatch(script: str | os.PathLike[str]) -> Submission:
+    """Submit a script with ``sbatch --parsable``. Its id is the first line that is one
+    (``123`` or ``123;cluster``: a site may print a banner before it or a note after it), else
+    "Submitted batch job 123"; exit 0 with neither is a job queued under an id unknown."""
     argv = ["sbatch", "--parsable", str(script)]
     try:
         r = _run(argv)
@@ -59,15 +71,15 @@ def sbatch(script: str | os.PathLike[str]) -> str:
         raise
     if r.returncode != 0:
         raise SlurmError(f"sbatch {script} failed (exit {r.returncode}): {_output(r)}")
-    lines = [line.strip() for line in r.stdout.splitlines() if line.strip()]
-    m = _PARSABLE.fullmatch(lines[-1]) if lines else None
-    m = m or _SUBMITTED.search(r.stdout)
-    if m is None:
-        raise SlurmError(
-            f"sbatch {script}: expected a job id from --parsable, got {r.stdout.strip()[:500]!r}"
-            + (f" (stderr: {r.stderr.strip()[:500]})" if r.stderr.strip() else "")
-        )
-    return m.group(1)
+    said = f"stdout {r.stdout.strip()[:300]!r}" + (
+        f", stderr {r.stderr.strip()[:300]!r}" if r.stderr.strip() else ""
+    )
+    for line in r.stdout.splitlines():
+        m = _PARSABLE.fullmatch(line.strip())
+        if m is not None:
+            return Submission(m.group(1), said)
+    m = _SUBMITTED.search(r.stdout)
+    return Submission(m.group(1) if m else None, said)
 
 
 _IGNORABLE_SCANCEL = re.compile(r"already completing or completed|Invalid job id", re.I)

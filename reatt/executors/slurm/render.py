@@ -7,6 +7,7 @@ Quoting: the scripts are bash. Every value placed in a shell line goes through `
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -96,10 +97,18 @@ def template_dir(override: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _environment(directory: str | os.PathLike[str] | None) -> Any:
+    """The Jinja environment of the templates' directory: one per directory and process, so that
+    each template is compiled once however many scripts a submit renders (it is compiled again
+    when its file changes)."""
+    return _environment_of(str(template_dir(directory)))
+
+
+@functools.lru_cache(maxsize=8)
+def _environment_of(directory: str) -> Any:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir(directory))),
+        loader=jinja2.FileSystemLoader(directory),
         undefined=jinja2.StrictUndefined,  # a missing variable is an error, never empty text
         autoescape=False,
         trim_blocks=True,

@@ -103,8 +103,10 @@ _RESERVED_OPTIONS = {
     "--requeue": None,
     "--no-requeue": None,
     "--signal": None,
+    # the job's environment: --export=...,BASH_ENV=... runs code of one's choosing in the job
+    "--export": None,
 }
-_OPTION = re.compile(r"^(--[A-Za-z][A-Za-z0-9-]*|-[A-Za-z])(?:[= ].*)?$")
+_OPTION = re.compile(r"(--[A-Za-z][A-Za-z0-9-]*|-[A-Za-z])(=\S*)?")  # one word: --name[=value] or -x
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -119,6 +121,36 @@ def _reserved_by(option: str) -> list[str]:
     if option.startswith("--"):
         return [long for long in _RESERVED_OPTIONS if long.startswith(option)]
     return [long for long, short in _RESERVED_OPTIONS.items() if short == option]
+
+
+def _extra_problem(line: str) -> str | None:
+    """Why ``line`` cannot be an ``extra_sbatch`` entry, or None. sbatch reads every option of an
+    #SBATCH line (the later wins): an entry is one option (``--name=value``, ``--name value`` or
+    ``-x value``), and none of the options reatt sets, in any spelling sbatch accepts."""
+    one = "expected one sbatch option per entry, like '--constraint=a100' or '--exclude node07'"
+    if has_control(line) or any(c in line for c in "\"'\\"):
+        return f"{one}, without quotes, backslashes or control characters (newline, tab...)"
+    words = line.split()
+    m = _OPTION.fullmatch(words[0]) if words else None
+    if m is None or len(words) > 2 or (len(words) == 2 and (m.group(2) or words[1].startswith("-"))):
+        options = [w for w in words if w.startswith("-")]
+        if len(options) > 1:
+            return f"{len(options)} options in one entry ({', '.join(options)}): sbatch reads them all; {one}"
+        return one
+    option = m.group(1)
+    reserved = _reserved_by(option)
+    if not reserved:
+        return None
+    read_as = "" if option in reserved else f" (sbatch reads {option} as {' or '.join(reserved)})"
+    if "--export" in reserved:
+        return (
+            f"--export is set by reatt{read_as}: the job's environment is the one you submit from, "
+            "plus [slurm] modules, venv and hf_home (an exported BASH_ENV would run code in the job)"
+        )
+    return (
+        f"{' / '.join(reserved)} is set by reatt{read_as}; logs, requeue and status depend on it: "
+        "remove this line"
+    )
 
 
 def time_limit_seconds(text: str) -> int | None:
@@ -177,21 +209,8 @@ def check_settings(settings: SlurmSettings) -> None:
         if not module.strip() or has_control(module):
             problems.append(f"slurm.modules: {module!r}: expected a module name like 'python/3.11'")
     for line in settings.extra_sbatch:
-        m = _OPTION.fullmatch(line)
-        if has_control(line) or m is None:
-            problems.append(
-                f"slurm.extra_sbatch: {line!r}: expected one sbatch option per entry, like "
-                "'--constraint=a100', with no newline"
-            )
-            continue
-        reserved = _reserved_by(m.group(1))
-        if reserved:
-            read_as = (
-                "" if m.group(1) in reserved else f" (sbatch reads {m.group(1)} as {' or '.join(reserved)})"
-            )
-            problems.append(
-                f"slurm.extra_sbatch: {line!r}: {' / '.join(reserved)} is set by reatt{read_as}; logs, "
-                "requeue and status depend on it: remove this line"
-            )
+        problem = _extra_problem(line)
+        if problem is not None:
+            problems.append(f"slurm.extra_sbatch: {line!r}: {problem}")
     if problems:
         raise SpecError("invalid Slurm settings:\n  " + "\n  ".join(problems))
