@@ -20,7 +20,7 @@ import re
 import signal
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO, TypeGuard
 
 from reatt.errors import RunDirError
 from reatt.files import parse_utc, read_tail, utc_iso, write_atomic
@@ -223,12 +223,10 @@ class FinalRecord:
         for f in fields(cls):
             value = data.get(f.name, None if f.default is MISSING else f.default)
             kinds = _NUMBER_KINDS.get(str(f.type))
-            if (
-                value is not None
-                and kinds is not None
-                and (isinstance(value, bool) or not isinstance(value, kinds))
-            ):
-                problems[f.name] = f"{FINAL}: {f.name} = {value!r}, expected a number"
+            if value is not None and kinds is not None and not is_number(value, kinds):
+                shown = f"{value!r}" if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+                fits = " within 64 bits" if isinstance(value, int) and not isinstance(value, bool) else ""
+                problems[f.name] = f"{FINAL}: {f.name} = {shown}, expected a number{fits}"
                 value = None
             values[f.name] = value
         return cls(**values), problems
@@ -239,6 +237,14 @@ class FinalRecord:
 
 
 _NUMBER_KINDS: dict[str, tuple[type, ...]] = {"int | None": (int,), "float | None": (int, float)}
+
+
+def is_number(value: Any, kinds: tuple[type, ...] = (int, float)) -> TypeGuard[int | float]:
+    """Whether ``value`` is a number of ``kinds`` that a database column holds: not a bool, an
+    int within 64 bits."""
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return False
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
 
 
 @dataclass(frozen=True)
@@ -304,7 +310,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
         text = path.read_text()
     except FileNotFoundError:
         return None
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data

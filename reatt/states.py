@@ -53,6 +53,7 @@ INTERRUPTED_REASON = (
     "stopped with a checkpoint and no final.json; `reatt submit --resubmit-failed` resumes it"
 )
 CANCEL_REQUESTED = "cancelled with `reatt cancel`; `reatt status` shows it once it has ended"
+CANCELLED_UNWATCHED = "cancelled with `reatt cancel` (by its job name: no job id was known to watch it end)"
 
 
 class RunState(NamedTuple):
@@ -189,7 +190,10 @@ class Archived:
 
 @dataclass(frozen=True)
 class CancelRequested:
-    """``reatt cancel`` asked the scheduler to stop the job; it ends once it has checkpointed."""
+    """``reatt cancel`` asked the scheduler to stop the job; it ends once it has checkpointed.
+    ``watched``: its end can be seen (it has a job id); else it is cancelled now."""
+
+    watched: bool = True
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from reatt.states import (
     ACTIVE_STATES,
     BROKEN,
     CANCEL_REQUESTED,
+    CANCELLED,
+    CANCELLED_UNWATCHED,
     COMPLETED,
     DIVERGED,
     FAILED,
@@ -125,13 +127,13 @@ def next_state(current: RunState, evidence: Evidence) -> RunState:
         case Submitted(no_id):
             if no_id is None:
                 return RunState(PENDING)
-            # queued (never "not submitted": the next submit would queue it again), but not
-            # watchable: its own final.json will say how it ended (reatt status reads it)
+            # queued (never "not submitted": the next submit would queue it again), and pending
+            # (no submit starts it again): its own final.json will say how it ended
             return RunState(
-                UNKNOWN,
+                PENDING,
                 f"submitted (sbatch exited 0), but no job id could be read from what it printed "
-                f"({no_id}); `squeue --me` shows it: if it is not queued there, "
-                "`reatt submit --cluster --resubmit-failed` submits it again",
+                f"({no_id}); its final.json will tell `reatt status` how it ended; `reatt cancel` "
+                "cancels it by its job name",
             )
         case LaunchFailed(reason):
             return RunState(FAILED, reason)
@@ -139,8 +141,12 @@ def next_state(current: RunState, evidence: Evidence) -> RunState:
             return (
                 current if claimed else RunState(PLANNED, f"--force: old run directory moved to {moved_to}")
             )
-        case CancelRequested():
-            return RunState(current.state, CANCEL_REQUESTED)
+        case CancelRequested(watched):
+            return (
+                RunState(current.state, CANCEL_REQUESTED)
+                if watched
+                else RunState(CANCELLED, CANCELLED_UNWATCHED)
+            )
         case Exited():
             return _exited(evidence)
         case DirMissing():

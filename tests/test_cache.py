@@ -597,6 +597,22 @@ def test_a_damaged_cache_is_detected_and_built_again(tmp_path, prose_file, tok, 
     assert C.TokenCache.try_open(directory) is not None
 
 
+@pytest.mark.parametrize("key", ["tokens_sha256", "offsets_sha256", "max_id"])
+def test_a_cache_whose_meta_lacks_a_checksum_is_built_again(tmp_path, prose_file, tok, key, caplog):
+    """A meta.json without what the checks need is never taken as checked."""
+    first = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    directory = first.cache.directory
+    meta = json.loads((directory / "meta.json").read_text())
+    del meta[key]
+    (directory / "meta.json").write_text(json.dumps(meta))
+    C.forget_open_caches()
+    assert C.TokenCache.try_open(directory) is None
+    with caplog.at_level("WARNING"):
+        again = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    assert doc_id_lists(again) == doc_id_lists(first)
+    assert key in json.loads((directory / "meta.json").read_text())
+
+
 def test_split_text_pieces_join_into_the_ids_of_the_whole(tok):
     """Long documents are tokenized in pieces (bounded memory): the ids must not change."""
     rng = random.Random(3)

@@ -602,3 +602,33 @@ def test_a_diverged_run_is_collected_as_diverged(engine, demo):
     collect(engine)
     r = runs_by_name(engine)["rope-s2"]
     assert (r.state, r.state_reason, r.final_nll) == ("diverged", final["error"], None)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (json.dumps({"status": "completed", "final_nll": 5.0, "steps": 2**70}), "steps"),
+        ("[" * 100_000 + "]" * 100_000, "final.json unreadable"),
+    ],
+    ids=["huge-int", "deeply-nested"],
+)
+def test_a_final_json_beyond_what_can_be_stored_is_broken_and_the_others_are_collected(
+    engine, demo, content, reason
+):
+    """Regression: an int beyond 64 bits failed the insert of the whole study; a deeply nested
+    document raised RecursionError through the CLI."""
+    (demo["rope-s1"] / "final.json").write_text(content)
+    res = collect(engine)
+    broken = {run: why for _, run, why in res.broken}
+    assert list(broken) == ["rope-s1"] and reason in broken["rope-s1"]
+    runs = runs_by_name(engine)
+    assert runs["rope-s1"].state == states.BROKEN and runs["rope-s1"].collect_error == broken["rope-s1"]
+    assert all(runs[n].state == states.COMPLETED for n in NAMES if n != "rope-s1")
+
+
+def test_a_deeply_nested_config_json_is_broken_not_a_traceback(engine, demo):
+    (demo["baseline-s2"] / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    res = collect(engine)
+    broken = {run: why for _, run, why in res.broken}
+    assert list(broken) == ["baseline-s2"] and "config.json" in broken["baseline-s2"]
+    assert runs_by_name(engine)["baseline-s1"].state == states.COMPLETED

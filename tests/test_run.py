@@ -367,6 +367,7 @@ def test_a_resume_on_changed_data_is_refused_and_keeps_the_record(tmp_path, monk
     data, wd = prose_jsonl(tmp_path / "data.jsonl"), tmp_path / "run"
     conf = interrupted_after_a_checkpoint(wd, data, monkeypatch)
     record, ckpt = (wd / "config.json").read_bytes(), (wd / "ckpt.pt").read_bytes()
+    losses = (wd / "loss.csv").read_bytes()
     original = data.read_bytes()
     with open(data, "a") as f:  # edited while the run waited to resume
         f.write(json.dumps({"text": "a new document the first steps never saw " * 5}) + "\n")
@@ -376,7 +377,7 @@ def test_a_resume_on_changed_data_is_refused_and_keeps_the_record(tmp_path, monk
     assert f"cannot resume {wd}: its data changed since it started (content_sha256: " in err
     assert "move" in err and "start over" in err and "Traceback" not in err
     assert (wd / "config.json").read_bytes() == record  # the record of the original data is kept
-    assert (wd / "ckpt.pt").read_bytes() == ckpt
+    assert (wd / "ckpt.pt").read_bytes() == ckpt and (wd / "loss.csv").read_bytes() == losses
     assert final(wd)["status"] == "failed" and "its data changed" in final(wd)["error"]
     data.write_bytes(original)  # the data it started with: the resume goes on, and ends
     assert main(conf) == 0
@@ -419,6 +420,36 @@ def test_a_diverging_run_stops_with_its_own_status_and_valid_json(tmp_path, caps
     assert record["diverged_at"] >= 1 and record["steps"] < 30
     assert f"diverged at step {record['diverged_at']}" in record["error"] and "nan" in record["error"]
     assert "diverged at step" in capsys.readouterr().out
+
+
+def test_a_diverged_model_is_never_sampled_or_checkpointed(tmp_path):
+    """Regression: with every interval 1 the NaN model was sampled and checkpointed at the step
+    it diverged, and a resume went on from it."""
+    wd = tmp_path / "run"
+    every_step = [f"--trainer.{k}_interval=1" for k in ("eval", "log", "sample", "ckpt")]
+    conf = ["--trainer.max_iters=30", "--trainer.learning_rate=1e6", "--trainer.grad_norm_clip=0"]
+    assert main(args(wd, *conf, *every_step)) == 3
+    at = final(wd)["diverged_at"]
+    assert final(wd)["status"] == "diverged" and at < 30
+    samples = (wd / "samples.txt").read_text() if (wd / "samples.txt").exists() else ""
+    assert f"--- step {at} ---" not in samples
+    if (wd / "ckpt.pt").exists():  # one from before the divergence, never at it
+        from reatt.training.checkpoint import load_checkpoint
+
+        assert load_checkpoint(wd / "ckpt.pt", "cpu")["trainer"]["iter_num"] < at
+    assert int(rows(wd)[-1]["step"]) <= at
+
+
+def test_a_training_loss_divergence_keeps_the_finite_losses_before_it(tmp_path):
+    """The steps since the last loss.csv row that were finite get their row, not lost."""
+    wd = tmp_path / "run"
+    conf = ["--trainer.max_iters=30", "--trainer.learning_rate=1e6", "--trainer.grad_norm_clip=0"]
+    assert main(args(wd, *conf, "--trainer.eval_interval=100", "--trainer.log_interval=5")) == 3
+    record = final(wd)
+    assert "the training loss is" in record["error"]
+    last = rows(wd)[-1]
+    assert int(last["step"]) == record["diverged_at"] - 1 and float(last["loss"]) < 20
+    assert record["steps"] == record["diverged_at"] - 1
 
 
 def test_a_work_dir_that_cannot_be_made_is_exit_2_without_a_traceback(tmp_path, capsys):

@@ -173,26 +173,45 @@ def test_sbatch_missing(tmp_path, monkeypatch):
 )
 def test_sbatch_exit_0_without_a_readable_id_is_submitted_with_the_id_unknown(tmp_path, fake, stdout):
     """sbatch exited 0: the job is queued. Recording "not submitted" would queue it again at the
-    next submit; it is recorded as submitted, id unknown, with what sbatch printed."""
+    next submit; it is recorded as submitted (pending: no submit starts it again), id unknown,
+    with what sbatch printed; its final.json says how it ended; cancel finds it by its name."""
     engine = make_study(tmp_path, features=1)
     fake.respond("sbatch", (0, stdout, "some warning\n"))
     result = submit_cluster(engine, None, project_dir=str(tmp_path))
     assert result.submitted == [("baseline", ""), ("f0", "")]
+    assert fake.calls("squeue") == [["squeue", "-h", "--name", "tiny-baseline", "-o", "%F"],
+                                    ["squeue", "-h", "--name", "tiny-f0", "-o", "%F"]]  # fmt: skip
     got = runs(engine)
     for r in got.values():
-        assert (r.state, r.job_id, r.executor) == (states.UNKNOWN, None, "slurm")
+        assert (r.state, r.job_id, r.executor) == (states.PENDING, None, "slurm")
         assert "no job id could be read" in r.state_reason and "some warning" in r.state_reason
-        assert "squeue --me" in r.state_reason
     fake.respond("sbatch", (0, "77\n", ""))
-    again = submit_cluster(engine, None, project_dir=str(tmp_path))  # the next plain submit
-    assert again.submitted == [] and len(fake.calls("sbatch")) == 2  # queues nothing again
+    for again in (submit_cluster(engine, None, project_dir=str(tmp_path)),
+                  submit_cluster(engine, None, resubmit_failed=True, project_dir=str(tmp_path))):  # fmt: skip
+        assert again.submitted == [] and len(fake.calls("sbatch")) == 2  # never queued twice
     # its own final.json tells how it ended, without a job id to ask Slurm about
     wd = Path(got["baseline"].work_dir)
     wd.mkdir(parents=True)
     (wd / "final.json").write_text(json.dumps({"status": "completed", "final_nll": 5.0}))
     _, statuses = status.refresh(engine, None)
-    assert [s.state for s in statuses] == ["completed", "unknown"]
-    assert not fake.calls("squeue")  # no id: nothing to ask
+    assert [s.state for s in statuses] == ["completed", "pending"]
+    assert status.cancel(engine, None) == ["--name tiny-f0"]  # by its job name
+    assert fake.calls("scancel") == [["scancel", "--name", "tiny-f0"]]
+    assert runs(engine)["f0"].state == states.CANCELLED  # unwatchable: cancelled at once
+    again = submit_cluster(engine, None, resubmit_failed=True, project_dir=str(tmp_path))
+    assert again.submitted == [("f0", "77")]
+
+
+def test_an_id_sbatch_did_not_print_is_found_by_the_job_name(tmp_path, fake):
+    engine = make_study(tmp_path, features=1)
+    fake.respond("sbatch", (0, "Your job has been queued (the scheduler is busy)\n", ""))
+    fake.respond("squeue", (0, "301\n", ""), (0, "302\n", ""))
+    result = submit_cluster(engine, None, project_dir=str(tmp_path))
+    assert result.submitted == [("baseline", "301"), ("f0", "302")]
+    assert {r.name: (r.state, r.job_id) for r in runs(engine).values()} == {
+        "baseline": ("pending", "301"),
+        "f0": ("pending", "302"),
+    }
 
 
 @pytest.mark.parametrize(

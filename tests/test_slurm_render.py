@@ -400,7 +400,12 @@ def test_failure_exit_code_is_the_jobs(tmp_path):
         ({"extra_sbatch": ["--comment=a --comment=b"]}, "2 options in one entry"),
         # the job's environment: an exported BASH_ENV runs code in the job
         ({"extra_sbatch": ["--export=ALL,BASH_ENV=/tmp/evil.sh"]}, "--export is set by reatt"),
-        ({"extra_sbatch": ["--exp=NONE"]}, "--export is set by reatt (sbatch reads --exp as --export)"),
+        ({"extra_sbatch": ["--exp=NONE"]}, "(sbatch reads --exp as --export or --export-file)"),
+        ({"extra_sbatch": ["--export-file=/tmp/env"]}, "--export-file is set by reatt"),
+        ({"extra_sbatch": ["--export-fi=/tmp/env"]}, "(sbatch reads --export-fi as --export-file)"),
+        # [slurm] time is checked against signal_seconds: a later --time line would win over it
+        ({"extra_sbatch": ["--time=5"]}, "--time is set by reatt from [slurm] time"),
+        ({"extra_sbatch": ["-t 5"]}, "--time is set by reatt (sbatch reads -t as --time)"),
         ({"extra_sbatch": ['--comment="a --output=/x"']}, "without quotes, backslashes"),
         ({"modules": ["python\nrm -rf /"]}, "slurm.modules"),
         ({"hf_home": "/a\nb"}, "slurm.hf_home"),
@@ -424,6 +429,8 @@ def test_invalid_sbatch_values_are_refused(changes, message):
         "--mail-type=END",
         "--no-kill",
         "--mem-per-cpu=2G",
+        "-c8",  # a short option with its value attached
+        "-C a100",
     ],
 )
 def test_unrelated_extra_sbatch_options_are_kept(line):

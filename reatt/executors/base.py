@@ -58,11 +58,12 @@ class Tracked:
 
     key: int  # Run.id
     name: str
-    job_id: str
+    job_id: str  # "": queued under an id that could not be read
     work_dir: str
     state: str
     state_reason: str | None
     submitted_at: dt.datetime | None
+    script: str | None = None  # the sbatch script it was submitted with (Slurm)
 
 
 def read_files(
@@ -142,6 +143,7 @@ class Executor(Protocol):
         """What can be seen of each run's job now, by ``Tracked.key`` (every run given)."""
         ...
 
-    def cancel(self, place: Place, runs: Sequence[Tracked]) -> list[str]:
-        """Ask the runs' jobs to stop; the job ids asked."""
+    def cancel(self, place: Place, runs: Sequence[Tracked]) -> dict[int, str]:
+        """Ask the runs' jobs to stop; what was asked (a job id, or how the job was named where
+        its id is not known), by ``Tracked.key`` of each run asked."""
         ...

@@ -143,18 +143,18 @@ class LocalExecutor:
     def poll(self, place: Place, runs: Sequence[Tracked]) -> dict[int, Evidence]:
         return {r.key: _evidence(r) for r in runs}
 
-    def cancel(self, place: Place, runs: Sequence[Tracked]) -> list[str]:
+    def cancel(self, place: Place, runs: Sequence[Tracked]) -> dict[int, str]:
         """SIGTERM to each run's training process on this machine (it checkpoints and exits 75;
         the `reatt submit` that started it records it as interrupted). A run still being
         started, or running on another host, is left alone."""
-        asked = []
+        asked = {}
         for run in runs:
             host, pid = parse_local_job_id(run.job_id) or (None, None)
             if pid is None or (host is not None and host != this_host()) or not pid_is_training(pid):
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-                asked.append(run.job_id)
+                asked[run.key] = run.job_id
         return asked
 
 

@@ -325,7 +325,7 @@ def _collect_run(
     if record is None and last is not None:  # no result yet: how far it got
         run.steps, run.tokens, run.wall_time_s = last.step, last.tokens, last.elapsed_s
     for key in ("n_params", "n_params_non_embedding"):
-        if getattr(run, key) is None and isinstance(meta.get(key), int):
+        if getattr(run, key) is None and rundir.is_number(meta.get(key), (int,)):
             setattr(run, key, meta[key])
     run.config = got.config
     if not live:
@@ -343,11 +343,8 @@ def _collect_run(
 def _describe_handmade(run: store.Run, got: RunFiles) -> None:
     """Seed, features and overrides of a run made by hand, from its own files."""
     config = got.config or {}
-    seed = (config.get("system") or {}).get("seed")
-    if not isinstance(seed, int) and got.args is not None:
-        seed = got.args.get("system.seed")
-    if not isinstance(seed, int):
-        seed = get_default_config().system.seed
+    found = [(config.get("system") or {}).get("seed"), (got.args or {}).get("system.seed")]
+    seed = next((int(s) for s in found if rundir.is_number(s, (int,))), int(get_default_config().system.seed))
     features = toggles_on(config)
     overrides = got.args or {}
     if run.seed != seed:

@@ -47,7 +47,9 @@ def place_of(st: store.Study) -> Place:
 
 def tracked(run: store.Run) -> Tracked:
     job_id = run.job_id or ""  # "": queued under an id its executor could not read
-    return Tracked(run.id, run.name, job_id, run.work_dir, run.state, run.state_reason, run.submitted_at)
+    return Tracked(
+        run.id, run.name, job_id, run.work_dir, run.state, run.state_reason, run.submitted_at, run.sbatch_path
+    )
 
 
 def _by_executor(runs: list[store.Run], wanted: frozenset[str]) -> dict[str, list[Tracked]]:
@@ -120,16 +122,17 @@ def cancel(engine: Engine, study: str | None) -> list[str]:
         st = store.get_study(session, name)
         place = place_of(st)
         active = _by_executor(list(st.runs), states.ACTIVE_STATES)
-    ids: list[str] = []
+    asked: dict[int, str] = {}
     try:
         for kind, runs in active.items():
             executor = executor_for(kind)
             if executor is not None:
-                ids += executor.cancel(place, runs)
+                asked.update(executor.cancel(place, runs))
     finally:  # also when an executor fails: the jobs asked so far are asked
-        if ids:
+        if asked:
             with store.transaction(engine) as session:
                 for run in store.get_study(session, name).runs:
-                    if run.job_id in ids and run.state in states.ACTIVE_STATES:
-                        store.advance(run, CancelRequested())
-    return ids
+                    if run.id in asked and run.state in states.ACTIVE_STATES:
+                        # without a job id, its end cannot be watched: cancelled now
+                        store.advance(run, CancelRequested(watched=bool(run.job_id)))
+    return list(dict.fromkeys(asked.values()))

@@ -63,7 +63,7 @@ def content_hash(path: Path, cache_dir: Path, display: str = "") -> str:
     st = path.stat()
     stat_key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
     entry = cache_dir / "file-hashes" / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
         saved = json.loads(entry.read_text(encoding="utf-8"))
         if saved["path"] == str(path) and saved["stat"] == stat_key:
             return str(saved["sha256"])
@@ -164,7 +164,7 @@ class TokenCache:
             itemsize = np.dtype(meta["dtype"]).itemsize
             tokens = (directory / "tokens.bin").stat()
             offsets = np.load(directory / "offsets.npy", allow_pickle=False)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None, None
         if tokens.st_size != n_tokens * itemsize:
             return None, f"tokens.bin holds {tokens.st_size} bytes, meta.json says {n_tokens * itemsize}"
@@ -178,23 +178,19 @@ class TokenCache:
         if not ok:
             return None, "offsets.npy does not match meta.json"
         cache = cls(directory, meta, offsets)
-        state = (
-            tokens.st_ino,
-            tokens.st_size,
-            tokens.st_mtime_ns,
-            (directory / "offsets.npy").stat().st_mtime_ns,
-        )
-        if _VERIFIED.get(state) != meta.get("tokens_sha256"):
-            problem = _damage(cache)
-            if problem is not None:
-                return None, problem
-            _VERIFIED[state] = meta.get("tokens_sha256")
-        return cache, None
+        state = _files_state(directory, meta)
+        if state not in _CHECKED:  # once per process and state of the files
+            _CHECKED[state] = _damage(cache)
+        problem = _CHECKED[state]
+        return (None, problem) if problem is not None else (cache, None)
 
 
 def _damage(cache: TokenCache) -> str | None:
     """What is wrong with a cache's contents, or None: its ids and its recorded checksums."""
     meta, directory = cache.meta, cache.directory
+    missing = [k for k in _CHECKED_KEYS if meta.get(k) is None]
+    if missing:
+        return f"meta.json lacks {', '.join(missing)}: nothing to check its contents against"
     try:
         largest = int(cache.tokens.max()) if cache.n_tokens else -1
         if largest >= int(meta["vocab_size"]) or largest != int(meta["max_id"]):
@@ -212,9 +208,21 @@ def _damage(cache: TokenCache) -> str | None:
     return None
 
 
-# Caches checked by this process, by (inode, size, mtime of tokens.bin, mtime of offsets.npy):
-# the tokens.bin checksum they were found to have; and why the damaged ones are, by directory.
-_VERIFIED: dict[tuple[int, int, int, int], str | None] = {}
+_CHECKED_KEYS = ("max_id", "tokens_sha256", "offsets_sha256", "vocab_size")
+
+
+def _files_state(directory: Path, meta: dict[str, Any]) -> tuple[object, ...]:
+    """What a check of a cache holds for: its files as they are (inode, size, mtime of tokens.bin,
+    mtime of offsets.npy) and what meta.json records to check them against."""
+    tokens = (directory / "tokens.bin").stat()
+    offsets_mtime = (directory / "offsets.npy").stat().st_mtime_ns
+    recorded = tuple(str(meta.get(k)) for k in _CHECKED_KEYS)
+    return (tokens.st_ino, tokens.st_size, tokens.st_mtime_ns, offsets_mtime, *recorded)
+
+
+# Caches checked by this process, by _files_state: what is wrong with them (None: nothing); and
+# why, by directory.
+_CHECKED: dict[tuple[object, ...], str | None] = {}
 _DAMAGED: dict[Path, str] = {}
 
 
@@ -335,10 +343,7 @@ def _build(
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
         fsync_dir(final.parent)
-        st = (final / "tokens.bin").stat()  # checked as it was written: not hashed again on open
-        _VERIFIED[(st.st_ino, st.st_size, st.st_mtime_ns, (final / "offsets.npy").stat().st_mtime_ns)] = meta[
-            "tokens_sha256"
-        ]
+        _CHECKED[_files_state(final, meta)] = None  # checked as it was written: not hashed on open
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -222,13 +222,30 @@ class TrainingRun:
             if resume:
                 self.progress.message(f"resuming {self.dir} from step {trainer.iter_num}")
             else:
-                val = trainer.evaluate()
+                val = self._checked(trainer, 0, trainer.evaluate())
                 self.log.write(LossRow(0, None, val, trainer.lr, 0, self.elapsed()))
                 self.progress.update(0, None, val, trainer.lr, 0.0)
             trainer.add_callback("on_batch_end", self.on_batch_end)
-            if self.signal_received is None:
+            if self.signal_received is None and trainer.diverged is None:
                 trainer.run()
-            if trainer.diverged is not None:  # stopped early: nothing after it would mean anything
+            if (
+                self.final_val is None
+                and trainer.diverged is None
+                and trainer.iter_num >= cfg.trainer.max_iters
+            ):
+                # resumed from a checkpoint taken at the last step
+                self.final_val = self._checked(trainer, trainer.iter_num, trainer.evaluate())
+            if trainer.diverged is not None:  # stopped there: nothing after it would mean anything
+                if trainer.loss_count:  # the finite losses since the last row, kept
+                    row = LossRow(
+                        trainer.iter_num,
+                        trainer.take_mean_loss(),
+                        None,
+                        trainer.lr,
+                        trainer.tokens,
+                        self.elapsed(),
+                    )
+                    self.log.write(row)
                 self.progress.message(f"error: {trainer.diverged}; stopped (final.json: diverged)")
                 record = self._final_record(rundir.FINAL_DIVERGED, error=str(trainer.diverged))
                 record.with_diverged_at(trainer.diverged.step).write(self.dir)
@@ -240,8 +257,7 @@ class TrainingRun:
                     f"exiting {EXIT_INTERRUPTED} (run again to resume)"
                 )
                 return EXIT_INTERRUPTED
-            if self.final_val is None:  # resumed from a checkpoint taken at the last step
-                self.final_val = trainer.evaluate()
+            if self.final_train is None:  # resumed from a checkpoint taken at the last step:
                 # the last row's mean, as an uninterrupted run reports it (older checkpoints lack
                 # it: then loss.csv's row at that step, rounded as written)
                 self.final_train = trainer.last_mean_loss
@@ -261,23 +277,29 @@ class TrainingRun:
         last = step >= tc.max_iters
         evaluate = last or step % tc.eval_interval == 0
         if last or evaluate or step % tc.log_interval == 0:
-            val = trainer.evaluate() if evaluate else None
-            if val is not None and not math.isfinite(val):
-                from reatt.training.trainer import Divergence
-
-                trainer.diverged, trainer.stop = Divergence(step, f"the held-out NLL is {val}"), True
+            val = self._checked(trainer, step, trainer.evaluate()) if evaluate else None
             loss = trainer.take_mean_loss()
             if last:
                 self.final_val, self.final_train = val, loss
             self.log.write(LossRow(step, loss, val, trainer.lr, trainer.tokens, self.elapsed()))
             tok_s = trainer.tokens / trainer.train_time if trainer.train_time else 0.0
             self.progress.update(step, loss, val, trainer.lr, tok_s)
+        if trainer.diverged is not None:  # no sample or checkpoint of a diverged model
+            return
         if tc.sample_interval and step % tc.sample_interval == 0:
             self._sample(step)
         if tc.ckpt_interval and step % tc.ckpt_interval == 0 and not last:
             self._save_checkpoint()
         if self.signal_received is not None:
             trainer.stop = True
+
+    def _checked(self, trainer: Any, step: int, val: float) -> float:
+        """A held-out NLL; one that is not finite means the run diverged: it stops there."""
+        if not math.isfinite(val) and trainer.diverged is None:
+            from reatt.training.trainer import Divergence
+
+            trainer.diverged, trainer.stop = Divergence(step, f"the held-out NLL is {val}"), True
+        return val
 
     def _sample(self, step: int) -> None:
         import torch

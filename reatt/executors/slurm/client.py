@@ -82,6 +82,24 @@ def sbatch(script: str | os.PathLike[str]) -> Submission:
     return Submission(m.group(1) if m else None, said)
 
 
+def find_job_id(job_name: str) -> str | None:
+    """The id of the newest job of this name the controller holds (one ``squeue``), or None:
+    where sbatch queued a job but printed no id it could be read from."""
+    try:
+        r = _run(["squeue", "-h", "--name", job_name, "-o", "%F"])  # %F: an array's own id
+    except SlurmError:
+        return None
+    ids = [int(line.strip()) for line in r.stdout.splitlines() if line.strip().isdigit()]
+    return str(max(ids)) if r.returncode == 0 and ids else None
+
+
+def scancel_name(job_name: str) -> None:
+    """Cancel the jobs of this name (``scancel --name``): for a job whose id is not known."""
+    r = _run(["scancel", "--name", job_name])
+    if r.returncode != 0:
+        raise SlurmError(f"scancel --name {job_name} failed (exit {r.returncode}): {_output(r)}")
+
+
 _IGNORABLE_SCANCEL = re.compile(r"already completing or completed|Invalid job id", re.I)
 
 

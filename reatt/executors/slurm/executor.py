@@ -23,7 +23,7 @@ from reatt.errors import ReattError, SlurmError
 from reatt.executors.base import Job, Launch, Place, Preview, Tracked, read_files
 from reatt.executors.slurm import client
 from reatt.executors.slurm.client import JobInfo, JobQuery
-from reatt.executors.slurm.logs import ended_by, last_err_line, log_dir, log_files, script_dir
+from reatt.executors.slurm.logs import ended_by, job_name, last_err_line, log_dir, log_files, script_dir
 from reatt.executors.slurm.render import ScriptContext, render_array_script, render_job_script
 from reatt.executors.slurm.settings import SlurmSettings, settings_of
 from reatt.files import utc_now, write_atomic
@@ -180,26 +180,39 @@ class SlurmExecutor:
         ``<arrayid>_<position>``); if recording fails (or is interrupted), cancel the job again,
         and if that fails too, say which job now runs untracked. Returns the ids."""
         submission = client.sbatch(script)
-        job_id = submission.job_id
+        name = job_name(jobs[0].study, None if self.array else jobs[0].name)
+        job_id = submission.job_id or client.find_job_id(name)  # no id printed: by its name
         if job_id is None:  # queued all the same: recorded so, never as "not submitted"
-            hooks.launched(jobs, [""] * len(jobs), Submitted(no_id=submission.output), str(script))
-            return [""] * len(jobs)
+            blank = [""] * len(jobs)
+            self._record_or_cancel(hooks, jobs, blank, Submitted(no_id=submission.output), script, name)
+            return blank
         ids = [f"{job_id}_{job.position}" if self.array else job_id for job in jobs]
+        self._record_or_cancel(hooks, jobs, ids, Submitted(), script, job_id)
+        return ids
+
+    def _record_or_cancel(
+        self, hooks: Launch, jobs: list[Job], ids: list[str], evidence: Evidence, script: Path, job: str
+    ) -> None:
+        """Record the queued jobs; if that fails (or is interrupted), cancel the job again (by
+        its id, or by its name where the id is not known), and if that fails too, say which job
+        now runs untracked."""
         try:
-            hooks.launched(jobs, ids, Submitted(), str(script))
+            hooks.launched(jobs, ids, evidence, str(script))
         except BaseException as e:
+            by_name = not any(ids)
             try:
-                client.scancel([job_id])
+                client.scancel_name(job) if by_name else client.scancel([job])
             except SlurmError as cancel_error:
+                job_id = f"named {job}" if by_name else job
                 # not a SlurmError: the submit would report the runs as "not submitted"
+                how = f"scancel --name {job}" if by_name else f"scancel {job}"
                 raise ReattError(
                     f"Slurm job {job_id} ({script}) was submitted, but recording it in the database "
                     f"failed ({type(e).__name__}: {e}) and cancelling it failed too ({cancel_error}). "
                     f"The job may run without reatt knowing it: cancel it yourself with "
-                    f"`scancel {job_id}`, then submit again"
+                    f"`{how}`, then submit again"
                 ) from e
             raise
-        return ids
 
     # --- poll and cancel ---
 
@@ -237,11 +250,23 @@ class SlurmExecutor:
         # accounting is on but has no record yet (it lags): never guess "completed" from a vanished job
         return Waiting("left the queue; no Slurm accounting record yet")
 
-    def cancel(self, place: Place, runs: Sequence[Tracked]) -> list[str]:
-        """One ``scancel`` for all the runs' jobs (jobs that already ended are not an error)."""
-        ids = [r.job_id for r in runs if r.job_id]
-        client.scancel(ids)
-        return ids
+    def cancel(self, place: Place, runs: Sequence[Tracked]) -> dict[int, str]:
+        """One ``scancel`` for all the runs' jobs (jobs that already ended are not an error); a
+        run queued without a job id is cancelled by its job name (``scancel --name``)."""
+        asked = {r.key: r.job_id for r in runs if r.job_id}
+        client.scancel(list(dict.fromkeys(asked.values())))
+        for run in runs:
+            if not run.job_id:
+                in_array = (
+                    run.script is not None and _ARRAY_SCRIPT.fullmatch(Path(run.script).name) is not None
+                )
+                name = job_name(place.study, None if in_array else run.name)
+                client.scancel_name(name)
+                asked[run.key] = f"--name {name}"
+        return asked
+
+
+_ARRAY_SCRIPT = re.compile(r".+-array-\d+\.sbatch")  # what _next_array_path names
 
 
 def _next_array_path(sbatch_dir: Path, study: str) -> Path:

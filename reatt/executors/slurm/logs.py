@@ -1,5 +1,5 @@
-"""Where a study's Slurm jobs leave their scripts and logs, and what a job's .err file says of
-how its latest attempt ended.
+"""Where a study's Slurm jobs leave their scripts and logs, what they are named, and what a job's
+.err file says of how its latest attempt ended.
 
 slurmstepd writes a line there when Slurm ends a job, e.g.
 "slurmstepd: error: *** JOB 12 ON node7 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***";
@@ -68,9 +68,14 @@ def script_dir(out_dir: str | Path, study: str) -> Path:
     return Path(out_dir) / study / "sbatch"
 
 
+def job_name(study: str, run: str | None) -> str:
+    """The Slurm job name of a run's job (``<study>-<run>``), or of a study's job array (``<study>``)."""
+    return study if run is None else f"{study}-{run}"
+
+
 def log_files(log_dir: str | Path, study: str, run: str, job_id: str) -> tuple[Path, Path]:
     """Slurm's (.out, .err) of a job as the templates name them: ``<job-name>-<jobid>``, where an
     array task's job id is ``<arrayid>_<task>`` and its job name is the study's."""
-    name = study if "_" in job_id else f"{study}-{run}"
+    name = job_name(study, None if "_" in job_id else run)
     base = Path(log_dir) / f"{name}-{job_id}"
     return base.with_name(base.name + ".out"), base.with_name(base.name + ".err")

@@ -20,7 +20,7 @@ import reatt
 from reatt import rundir
 from reatt.errors import ReattError, SpecError
 from reatt.executors.base import NAME_RE, Job
-from reatt.executors.slurm.logs import log_dir
+from reatt.executors.slurm.logs import job_name, log_dir
 from reatt.executors.slurm.settings import ENV_NAME, SlurmSettings, check_settings, has_control
 from reatt.train import TRAIN_ENV, TRAIN_MODULE
 
@@ -176,7 +176,7 @@ def render_job_script(
     _check_job(job)
     check_settings(settings)
     _check_context(ctx)
-    variables = _variables(job.study, f"{job.study}-{job.name}", "%j", [job], settings, ctx)
+    variables = _variables(job.study, job_name(job.study, job.name), "%j", [job], settings, ctx)
     return _render(JOB_TEMPLATE, variables, templates)
 
 
@@ -211,6 +211,6 @@ def render_array_script(
     _check_context(ctx)
     ordered = sorted(jobs, key=lambda j: j.position)
     study = ordered[0].study
-    variables = _variables(study, study, "%A_%a", ordered, settings, ctx)  # array id_task
+    variables = _variables(study, job_name(study, None), "%A_%a", ordered, settings, ctx)  # array id_task
     variables["array_spec"] = array_spec(ordered, throttle)
     return _render(ARRAY_TEMPLATE, variables, templates)

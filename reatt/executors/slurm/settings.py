@@ -105,8 +105,12 @@ _RESERVED_OPTIONS = {
     "--signal": None,
     # the job's environment: --export=...,BASH_ENV=... runs code of one's choosing in the job
     "--export": None,
+    "--export-file": None,
+    # [slurm] time, checked against signal_seconds: a second --time line would win over it
+    "--time": "-t",
 }
-_OPTION = re.compile(r"(--[A-Za-z][A-Za-z0-9-]*|-[A-Za-z])(=\S*)?")  # one word: --name[=value] or -x
+# one word: --name[=value], -x, or -x with its value attached (-c8)
+_OPTION = re.compile(r"(--[A-Za-z][A-Za-z0-9-]*|-[A-Za-z])(=\S*|(?<=^-[A-Za-z])[^=\s-]\S*)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -118,6 +122,8 @@ def has_control(text: str) -> bool:
 def _reserved_by(option: str) -> list[str]:
     """The options reatt sets that sbatch would take ``option`` (``--x`` or ``-x``) for: its short
     form, or for a long option itself or any prefix of it (getopt_long's abbreviations)."""
+    if option in _RESERVED_OPTIONS:
+        return [option]  # getopt_long takes an exact name over the options it abbreviates
     if option.startswith("--"):
         return [long for long in _RESERVED_OPTIONS if long.startswith(option)]
     return [long for long, short in _RESERVED_OPTIONS.items() if short == option]
@@ -142,11 +148,14 @@ def _extra_problem(line: str) -> str | None:
     if not reserved:
         return None
     read_as = "" if option in reserved else f" (sbatch reads {option} as {' or '.join(reserved)})"
-    if "--export" in reserved:
+    if "--export" in reserved or "--export-file" in reserved:
         return (
-            f"--export is set by reatt{read_as}: the job's environment is the one you submit from, "
-            "plus [slurm] modules, venv and hf_home (an exported BASH_ENV would run code in the job)"
+            f"{' / '.join(reserved)} is set by reatt{read_as}: the job's environment is the one you "
+            "submit from, plus [slurm] modules, venv and hf_home (an exported BASH_ENV would run "
+            "code in the job)"
         )
+    if "--time" in reserved:
+        return f"--time is set by reatt{read_as} from [slurm] time (or --time): set it there"
     return (
         f"{' / '.join(reserved)} is set by reatt{read_as}; logs, requeue and status depend on it: "
         "remove this line"
