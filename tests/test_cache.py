@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fsync_helpers import record_fsyncs
 from torch.utils.data import DataLoader
 
 from reatt.errors import ConfigError, DataError
@@ -427,15 +428,9 @@ def test_without_locks_a_broken_cache_in_the_way_is_still_replaced(tmp_path, pro
 
 
 def test_the_cache_files_are_fsynced(tmp_path, prose_file, tok, monkeypatch):
-    synced = []
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    paths = record_fsyncs(monkeypatch)
     D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    synced = [os.path.basename(p) for p in paths]
     for name in ("tokens.bin", ".offsets.npy.tmp-", ".meta.json.tmp-"):
         assert any(s.startswith(name) for s in synced), (name, synced)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from fsync_helpers import record_fsyncs
 
 from reatt.training import corpus
 
@@ -88,14 +89,7 @@ def test_the_corpus_file_is_written_atomically_and_fsynced(tmp_path, monkeypatch
         corpus.embedded_corpus_path(tmp_path)
     assert list((tmp_path / "corpus").iterdir()) == []  # nothing half-written, no temp left
 
-    synced = []
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     monkeypatch.setattr(corpus, "iter_documents", lambda: iter([{"id": "topic:a", "text": "first"}]))
     path = corpus.embedded_corpus_path(tmp_path)
     assert path.read_text() == '{"id": "topic:a", "text": "first"}\n'

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+from fsync_helpers import record_fsyncs
 
 from reatt import files as atomic
 
@@ -13,15 +14,7 @@ from reatt import files as atomic
 @pytest.fixture
 def fsynced(monkeypatch):
     """The names of the files and directories fsynced, in order."""
-    names = []
-    real = os.fsync
-
-    def fsync(fd):
-        names.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return names
+    return record_fsyncs(monkeypatch)
 
 
 def test_write_atomic_replaces_the_file_durably(tmp_path, fsynced):

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from fsync_helpers import record_fsyncs
 
 from reatt.errors import RunDirError
 from reatt.files import this_host
@@ -224,20 +225,13 @@ def finished_run(tmp_path_factory):
     """A completed 7-step run (rows at 0, 5 and 7: the last row's loss is a mean of two steps),
     and the names of the files fsynced while it ran."""
     wd = tmp_path_factory.mktemp("finished") / "run"
-    synced = []
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
     mp = pytest.MonkeyPatch()
-    mp.setattr(os, "fsync", fsync)
+    paths = record_fsyncs(mp)
     try:
         assert main(args(wd, "--trainer.max_iters=7")) == 0
     finally:
         mp.undo()
-    return wd, synced
+    return wd, [os.path.basename(p) for p in paths]
 
 
 @pytest.fixture
