@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -377,16 +378,16 @@ def no_locks(*args):
 
 
 def looks_missing_first(monkeypatch, n):
-    """TokenCache.try_open finds nothing the first ``n`` times, as if another process renamed its
-    finished cache into place just after this one looked."""
-    real = C.TokenCache.try_open
+    """TokenCache.open (and so try_open) finds nothing the first ``n`` times, as if another
+    process renamed its finished cache into place just after this one looked."""
+    real = C.TokenCache.open
     calls = []
 
-    def try_open(cls, directory):
+    def open_(cls, directory):
         calls.append(directory)
-        return None if len(calls) <= n else real(directory)
+        return (None, None) if len(calls) <= n else real(directory)
 
-    monkeypatch.setattr(C.TokenCache, "try_open", classmethod(try_open))
+    monkeypatch.setattr(C.TokenCache, "open", classmethod(open_))
     return calls
 
 
@@ -590,6 +591,24 @@ def test_a_damaged_cache_is_detected_and_built_again(tmp_path, prose_file, tok, 
     assert "is damaged" in caplog.text and str(directory) in caplog.text
     assert doc_id_lists(again) == expected  # built again from the file, never trained on as it was
     assert C.TokenCache.try_open(directory) is not None
+
+
+def test_a_damage_is_warned_about_once_not_again_for_a_cache_that_is_gone(tmp_path, prose_file, tok, caplog):
+    """Regression: the reason a cache was damaged was kept per directory and warned about again
+    at a later open that found no cache there at all."""
+    first = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    directory = first.cache.directory
+    (directory / "tokens.bin").write_bytes(b"\xff" * (directory / "tokens.bin").stat().st_size)
+    C.forget_open_caches()
+    with caplog.at_level("WARNING"):
+        D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    assert caplog.text.count("is damaged") == 1
+    caplog.clear()
+    shutil.rmtree(directory)
+    C.forget_open_caches()
+    with caplog.at_level("WARNING"):
+        D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
+    assert "is damaged" not in caplog.text
 
 
 @pytest.mark.parametrize("key", ["tokens_sha256", "offsets_sha256", "max_id"])

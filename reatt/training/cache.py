@@ -67,14 +67,10 @@ def content_hash(path: Path, cache_dir: Path, display: str = "") -> str:
         saved = json.loads(entry.read_text(encoding="utf-8"))
         if saved["path"] == str(path) and saved["stat"] == stat_key:
             return str(saved["sha256"])
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        sha = file_sha256(path)
     except OSError as e:
         raise DataError(f"cannot read data file {display or path}: {e.strerror or e}") from e
-    sha = digest.hexdigest()
     with contextlib.suppress(OSError):  # best effort: a read-only cache dir just means rehashing
         entry.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(entry, json.dumps({"path": str(path), "stat": stat_key, "sha256": sha}))
@@ -141,12 +137,8 @@ class TokenCache:
 
     @classmethod
     def try_open(cls, directory: Path) -> TokenCache | None:
-        """The finished, intact cache in ``directory``, or None (see ``open``; why a finished
-        one is damaged is kept in ``_DAMAGED``)."""
-        cache, damage = cls.open(directory)
-        if damage is not None:
-            _DAMAGED[directory] = damage
-        return cache
+        """The finished, intact cache in ``directory``, or None (see ``open``)."""
+        return cls.open(directory)[0]
 
     @classmethod
     def open(cls, directory: Path) -> tuple[TokenCache | None, str | None]:
@@ -177,53 +169,54 @@ class TokenCache:
         )
         if not ok:
             return None, "offsets.npy does not match meta.json"
-        cache = cls(directory, meta, offsets)
-        state = _files_state(directory, meta)
+        state = _files_state(directory, meta, tokens)
         if state not in _CHECKED:  # once per process and state of the files
-            _CHECKED[state] = _damage(cache)
+            _CHECKED[state] = _damage(directory, meta)
         problem = _CHECKED[state]
-        return (None, problem) if problem is not None else (cache, None)
+        return (None, problem) if problem is not None else (cls(directory, meta, offsets), None)
 
 
-def _damage(cache: TokenCache) -> str | None:
-    """What is wrong with a cache's contents, or None: its ids and its recorded checksums."""
-    meta, directory = cache.meta, cache.directory
+def _damage(directory: Path, meta: dict[str, Any]) -> str | None:
+    """What is wrong with a cache's contents, or None: its ids and its recorded checksums.
+    tokens.bin is read once, for both its largest id and its SHA-256."""
     missing = [k for k in _CHECKED_KEYS if meta.get(k) is None]
     if missing:
         return f"meta.json lacks {', '.join(missing)}: nothing to check its contents against"
     try:
-        largest = int(cache.tokens.max()) if cache.n_tokens else -1
+        dtype = np.dtype(meta["dtype"])
+        digest, largest = hashlib.sha256(), -1
+        with open(directory / "tokens.bin", "rb") as f:
+            while chunk := f.read(dtype.itemsize << 19):  # 1 MiB for uint16: whole ids
+                digest.update(chunk)
+                largest = max(largest, int(np.frombuffer(chunk, dtype=dtype).max()))
         if largest >= int(meta["vocab_size"]) or largest != int(meta["max_id"]):
             return (
                 f"tokens.bin holds id {largest}; the vocabulary has {meta['vocab_size']} ids "
                 f"and the largest built was {meta['max_id']}"
             )
-        for name, key in (("tokens.bin", "tokens_sha256"), ("offsets.npy", "offsets_sha256")):
-            if file_sha256(directory / name) != meta[key]:
-                return f"{name} does not have the SHA-256 recorded when the cache was built"
+        if digest.hexdigest() != meta["tokens_sha256"]:
+            return "tokens.bin does not have the SHA-256 recorded when the cache was built"
+        if file_sha256(directory / "offsets.npy") != meta["offsets_sha256"]:
+            return "offsets.npy does not have the SHA-256 recorded when the cache was built"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"cannot be checked ({e})"
-    finally:
-        cache._tokens = None  # the check's mapping; training maps it again
     return None
 
 
 _CHECKED_KEYS = ("max_id", "tokens_sha256", "offsets_sha256", "vocab_size")
 
 
-def _files_state(directory: Path, meta: dict[str, Any]) -> tuple[object, ...]:
+def _files_state(directory: Path, meta: dict[str, Any], tokens: os.stat_result) -> tuple[object, ...]:
     """What a check of a cache holds for: its files as they are (inode, size, mtime of tokens.bin,
-    mtime of offsets.npy) and what meta.json records to check them against."""
-    tokens = (directory / "tokens.bin").stat()
+    whose ``tokens`` stat is given; mtime of offsets.npy) and what meta.json records to check
+    them against."""
     offsets_mtime = (directory / "offsets.npy").stat().st_mtime_ns
     recorded = tuple(str(meta.get(k)) for k in _CHECKED_KEYS)
     return (tokens.st_ino, tokens.st_size, tokens.st_mtime_ns, offsets_mtime, *recorded)
 
 
-# Caches checked by this process, by _files_state: what is wrong with them (None: nothing); and
-# why, by directory.
+# Caches checked by this process, by _files_state: what is wrong with them (None: nothing).
 _CHECKED: dict[tuple[object, ...], str | None] = {}
-_DAMAGED: dict[Path, str] = {}
 
 
 # Caches opened by this process, by directory: both splits of a file share one.
@@ -261,9 +254,9 @@ def open_token_cache(
         final = cache_dir / "tokens" / key
         if final in _OPEN_CACHES:
             return _OPEN_CACHES[final]
-        cache = TokenCache.try_open(final)
-        if cache is None and final in _DAMAGED:
-            log.warning("the token cache %s is damaged (%s): building it again", final, _DAMAGED.pop(final))
+        cache, damage = TokenCache.open(final)
+        if damage is not None:
+            log.warning("the token cache %s is damaged (%s): building it again", final, damage)
         if cache is None:
             final.parent.mkdir(parents=True, exist_ok=True)
             with exclusive_lock(final.parent / f"{key}.lock") as locked:
@@ -343,7 +336,8 @@ def _build(
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
         fsync_dir(final.parent)
-        _CHECKED[_files_state(final, meta)] = None  # checked as it was written: not hashed on open
+        # checked as it was written: not hashed again on open
+        _CHECKED[_files_state(final, meta, (final / "tokens.bin").stat())] = None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
