@@ -12,7 +12,6 @@ with ``EXIT_INTERRUPTED``. One process at a time trains a work dir: it holds the
 from __future__ import annotations
 
 import copy
-import math
 import signal
 import sys
 import time
@@ -222,7 +221,7 @@ class TrainingRun:
             if resume:
                 self.progress.message(f"resuming {self.dir} from step {trainer.iter_num}")
             else:
-                val = self._checked(trainer, 0, trainer.evaluate())
+                val = trainer.evaluate()
                 self.log.write(LossRow(0, None, val, trainer.lr, 0, self.elapsed()))
                 self.progress.update(0, None, val, trainer.lr, 0.0)
             trainer.add_callback("on_batch_end", self.on_batch_end)
@@ -234,7 +233,7 @@ class TrainingRun:
                 and trainer.iter_num >= cfg.trainer.max_iters
             ):
                 # resumed from a checkpoint taken at the last step
-                self.final_val = self._checked(trainer, trainer.iter_num, trainer.evaluate())
+                self.final_val = trainer.evaluate()
             if trainer.diverged is not None:  # stopped there: nothing after it would mean anything
                 if trainer.loss_count:  # the finite losses since the last row, kept
                     row = LossRow(
@@ -277,7 +276,7 @@ class TrainingRun:
         last = step >= tc.max_iters
         evaluate = last or step % tc.eval_interval == 0
         if last or evaluate or step % tc.log_interval == 0:
-            val = self._checked(trainer, step, trainer.evaluate()) if evaluate else None
+            val = trainer.evaluate() if evaluate else None
             loss = trainer.take_mean_loss()
             if last:
                 self.final_val, self.final_train = val, loss
@@ -292,14 +291,6 @@ class TrainingRun:
             self._save_checkpoint()
         if self.signal_received is not None:
             trainer.stop = True
-
-    def _checked(self, trainer: Any, step: int, val: float) -> float:
-        """A held-out NLL; one that is not finite means the run diverged: it stops there."""
-        if not math.isfinite(val) and trainer.diverged is None:
-            from reatt.training.trainer import Divergence
-
-            trainer.diverged, trainer.stop = Divergence(step, f"the held-out NLL is {val}"), True
-        return val
 
     def _sample(self, step: int) -> None:
         import torch

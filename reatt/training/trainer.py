@@ -182,7 +182,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean held-out NLL (nats/token) over the fixed eval windows."""
+        """Mean held-out NLL (nats/token) over the fixed eval windows. One that is not finite
+        means the run diverged at this step: it stops there (``diverged``, ``stop``)."""
         was_training = self.model.training
         self.model.eval()
         total, n = 0.0, self.eval_x.size(0)
@@ -194,7 +195,10 @@ class Trainer:
                 _, loss = self.forward_model(x, y)
             total += loss.item() * x.size(0)  # every window has block_size tokens
         self.model.train(was_training)
-        return total / n
+        mean = total / n
+        if not math.isfinite(mean) and self.diverged is None:
+            self.diverged, self.stop = Divergence(self.iter_num, f"the held-out NLL is {mean}"), True
+        return mean
 
     def batches(self) -> DataLoader:
         """Batches from sample index iter_num * batch_size on: a resumed run continues the
