@@ -71,7 +71,7 @@ def parse_loss_row(values: list[str]) -> LossRow:
     step, *rest = values
     row = LossRow(int(step), *(k(t) if t != "" else None for k, t in zip(_KINDS[1:], rest, strict=True)))
     for value in (row.step, row.tokens):
-        if value is not None and not -(2**63) <= value < 2**63:
+        if value is not None and not is_number(value, (int,)):
             raise ValueError(f"{value} does not fit in 64 bits")
     return row
 

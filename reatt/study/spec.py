@@ -37,8 +37,8 @@ from typing import Any
 from reatt.errors import ConfigError, SpecError
 from reatt.executors.base import NAME_RE
 from reatt.executors.slurm.settings import SlurmSettings, check_settings
+from reatt.rundir import is_number
 from reatt.training.config import (
-    INT64,
     check_config,
     coerce,
     flatten,
@@ -249,7 +249,7 @@ def load_spec(path: str | Path) -> StudySpec:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT64[1] for s in seeds)
+        or not all(is_number(s, (int,)) and s >= 0 for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
         raise SpecError(

@@ -23,9 +23,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from reatt.errors import ConfigError
+from reatt.rundir import is_number
 from reatt.training.schema import MODEL_TYPES, NODES, SCHEMA, unknown_key_error
-
-INT64 = (-(2**63), 2**63 - 1)  # what an int key may hold: the database and torch take 64 bits
 
 
 def shown(value: Any, width: int = 60) -> str:
@@ -68,7 +67,7 @@ def coerce(key: str, value: Any, *, where: str = "") -> Any:
             out = int(value)
         else:
             raise bad("an int")
-        if not INT64[0] <= out <= INT64[1]:
+        if not is_number(out, (int,)):  # the database and torch take 64 bits
             raise bad("an int of at most 64 bits (between -2**63 and 2**63 - 1)")
     elif isinstance(want, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
