@@ -202,6 +202,33 @@ def test_sbatch_exit_0_without_a_readable_id_is_submitted_with_the_id_unknown(tm
     assert again.submitted == [("f0", "77")]
 
 
+def test_an_id_less_array_is_cancelled_once_by_the_study_name(tmp_path, fake):
+    engine = make_study(tmp_path, features=2)  # baseline, f0, f1, all: one array
+    fake.respond("sbatch", (0, "queued\n", ""))
+    result = submit_cluster(engine, None, array=True, project_dir=str(tmp_path))
+    assert [job_id for _, job_id in result.submitted] == ["", "", "", ""]
+    assert status.cancel(engine, None) == ["--name tiny"]
+    assert fake.calls("scancel") == [["scancel", "--name", "tiny"]]  # one call for the whole array
+
+
+def test_an_id_less_run_named_like_an_array_script_is_cancelled_by_its_own_name(tmp_path, fake):
+    """Regression: any script named ``*-array-<n>.sbatch`` was taken for an array's, so this
+    run's job was cancelled by the study's name."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'[study]\nname = "tiny"\nout_dir = {json.dumps(str(tmp_path / "out"))}\nseeds = [1]\n'
+        '[base]\nmodel.model_type = "gpt-nano"\ntrainer.max_iters = 20\n'
+        '[features]\nbig-array-2 = { "model.rope" = true }\n[slurm]\ntime = "00:10:00"\n'
+    )
+    engine = db.open_db(tmp_path / "results.db")
+    plan_study(load_spec(spec), engine)
+    fake.respond("sbatch", (0, "queued\n", ""))
+    submit_cluster(engine, None, project_dir=str(tmp_path))
+    assert runs(engine)["big-array-2"].sbatch_path.endswith("/big-array-2.sbatch")
+    status.cancel(engine, None)
+    assert ["scancel", "--name", "tiny-big-array-2"] in fake.calls("scancel")
+
+
 def test_an_id_sbatch_did_not_print_is_found_by_the_job_name(tmp_path, fake):
     engine = make_study(tmp_path, features=1)
     fake.respond("sbatch", (0, "Your job has been queued (the scheduler is busy)\n", ""))

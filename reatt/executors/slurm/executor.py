@@ -23,7 +23,15 @@ from reatt.errors import ReattError, SlurmError
 from reatt.executors.base import Job, Launch, Place, Preview, Tracked, read_files
 from reatt.executors.slurm import client
 from reatt.executors.slurm.client import JobInfo, JobQuery
-from reatt.executors.slurm.logs import ended_by, job_name, last_err_line, log_dir, log_files, script_dir
+from reatt.executors.slurm.logs import (
+    ended_by,
+    job_name,
+    job_script,
+    last_err_line,
+    log_dir,
+    log_files,
+    script_dir,
+)
 from reatt.executors.slurm.render import ScriptContext, render_array_script, render_job_script
 from reatt.executors.slurm.settings import SlurmSettings, settings_of
 from reatt.files import utc_now, write_atomic
@@ -140,7 +148,7 @@ class SlurmExecutor:
             return [(_next_array_path(script_dir(place.out_dir, place.study), place.study), text, list(jobs))]
         return [
             (
-                script_dir(place.out_dir, place.study) / f"{job.name}.sbatch",
+                job_script(place.out_dir, place.study, job.name),
                 render_job_script(job, settings, ctx, templates=self.templates),
                 [job],
             )
@@ -255,18 +263,16 @@ class SlurmExecutor:
         run queued without a job id is cancelled by its job name (``scancel --name``)."""
         asked = {r.key: r.job_id for r in runs if r.job_id}
         client.scancel(list(dict.fromkeys(asked.values())))
-        for run in runs:
-            if not run.job_id:
-                in_array = (
-                    run.script is not None and _ARRAY_SCRIPT.fullmatch(Path(run.script).name) is not None
-                )
-                name = job_name(place.study, None if in_array else run.name)
-                client.scancel_name(name)
-                asked[run.key] = f"--name {name}"
-        return asked
+        names = {r.key: _job_name(place, r) for r in runs if not r.job_id}
+        for name in dict.fromkeys(names.values()):  # an array's runs share its one job name
+            client.scancel_name(name)
+        return asked | {key: f"--name {name}" for key, name in names.items()}
 
 
-_ARRAY_SCRIPT = re.compile(r".+-array-\d+\.sbatch")  # what _next_array_path names
+def _job_name(place: Place, run: Tracked) -> str:
+    """The job name of a run's job: its own script's (``<run>.sbatch``), or else its array's."""
+    own = run.script is None or Path(run.script).name == job_script(place.out_dir, place.study, run.name).name
+    return job_name(place.study, run.name if own else None)
 
 
 def _next_array_path(sbatch_dir: Path, study: str) -> Path:

@@ -68,6 +68,11 @@ def script_dir(out_dir: str | Path, study: str) -> Path:
     return Path(out_dir) / study / "sbatch"
 
 
+def job_script(out_dir: str | Path, study: str, run: str) -> Path:
+    """The sbatch script of a run submitted on its own (an array's is ``<study>-array-<n>.sbatch``)."""
+    return script_dir(out_dir, study) / f"{run}.sbatch"
+
+
 def job_name(study: str, run: str | None) -> str:
     """The Slurm job name of a run's job (``<study>-<run>``), or of a study's job array (``<study>``)."""
     return study if run is None else f"{study}-{run}"
