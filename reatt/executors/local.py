@@ -40,6 +40,7 @@ from reatt.executors.base import Job, Launch, Place, Preview, Tracked, read_file
 from reatt.executors.display import Display, Event, make_display
 from reatt.executors.processes import (
     cpu_count,
+    is_training,
     live_process,
     local_job_id,
     parse_local_job_id,
@@ -163,18 +164,21 @@ def _evidence(run: Tracked) -> Evidence:
     else its files. A ``pending`` local run is claimed by a `reatt submit` (its pid) that is
     about to start it: pending while that process lives."""
     host, pid = parse_local_job_id(run.job_id) or (None, None)
-    files = read_files(run.work_dir, since=run.submitted_at)
     if host is not None and host != this_host():
         # not a process of this machine: its final.json (shared filesystem) may say it ended;
         # else only `reatt status` on that host can look at the process
         return Elsewhere(
-            f"runs on {host} (pid {pid}); `reatt status` there tells whether it still runs", files
+            f"runs on {host} (pid {pid}); `reatt status` there tells whether it still runs",
+            read_files(run.work_dir, since=run.submitted_at),
         )
     if pid is not None:
-        if run.state == states.PENDING and live_process(pid) is not None:
+        args = live_process(pid)
+        if run.state == states.PENDING and args is not None:
             return Unchanged()
-        if pid_is_training(pid):
+        if is_training(args):
             return Active(states.RUNNING)
+    # read after the process was seen gone: a final.json it wrote on its way out is there
+    files = read_files(run.work_dir, since=run.submitted_at)
     return Gone(files, note=f"the local process {pid or '?'} is gone")
 
 

@@ -56,7 +56,11 @@ def live_process(pid: int) -> list[str] | None:
 
 def pid_is_training(pid: int) -> bool:
     """True if ``pid`` is a live (not zombie) ``python -m reatt.train`` process."""
-    args = live_process(pid)
+    return is_training(live_process(pid))
+
+
+def is_training(args: list[str] | None) -> bool:
+    """True if a live process's arguments (``live_process``) are ``python -m reatt.train``'s."""
     script = TRAIN_MODULE.replace(".", "/") + ".py"
     return args is not None and (TRAIN_MODULE in args or any(a.endswith(script) for a in args))
 

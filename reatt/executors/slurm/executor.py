@@ -98,14 +98,15 @@ def job_evidence(
         exit_text = f" (exit {info.exit_code})"
     else:  # squeue gives no exit code, but a reason ("NonZeroExitCode")
         exit_text = f" ({info.reason})" if info.reason else ""
-    files = read_files(work_dir)  # the job is over: its final.json, of whichever attempt
     state = SLURM_TERMINAL[word]
+    # the job is over: its final.json (of whichever attempt) has the last word on these two
     if state == states.COMPLETED:
-        return Ended(state, f"Slurm: COMPLETED{exit_text}", files)
+        return Ended(state, f"Slurm: COMPLETED{exit_text}", read_files(work_dir))
     if state == states.FAILED:
         tail = last_err_line(err_file)
-        return Ended(state, f"Slurm: {info.detail or word}{exit_text}" + (f": {tail}" if tail else ""), files)
-    return Ended(state, f"Slurm: {_ENDED_HOW[state]}" + (f" ({info.detail})" if info.detail else ""), files)
+        reason = f"Slurm: {info.detail or word}{exit_text}" + (f": {tail}" if tail else "")
+        return Ended(state, reason, read_files(work_dir))
+    return Ended(state, f"Slurm: {_ENDED_HOW[state]}" + (f" ({info.detail})" if info.detail else ""))
 
 
 class SlurmExecutor:
@@ -226,7 +227,7 @@ class SlurmExecutor:
 
     def poll(self, place: Place, runs: Sequence[Tracked]) -> dict[int, Evidence]:
         ids = [r.job_id for r in runs if r.job_id]
-        query = client.query_jobs(ids) if ids else JobQuery()
+        query = client.query_jobs(ids)
         return {r.key: self._evidence(place, r, query) for r in runs}
 
     def _evidence(self, place: Place, run: Tracked, query: JobQuery) -> Evidence:
