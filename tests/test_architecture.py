@@ -144,3 +144,12 @@ def test_the_entry_points_and_the_orchestration_import_no_heavy_library():
     code = f"import sys, {modules}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_loads_no_stage_until_a_command_runs():
+    """`reatt --help` parses options only: each command imports its stage when it runs (the
+    report's format names live in ``reatt.report`` itself for ``--format``'s choices)."""
+    code = "import sys, reatt.cli; print(*(m for m in sys.modules if m.startswith('reatt.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = {m for m in out.stdout.split() if not m.startswith("reatt.cli")}
+    assert loaded <= {"reatt.errors", "reatt.report"}, loaded

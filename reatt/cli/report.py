@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from reatt.cli.app import DbOpt, StudyOpt, app, console, engine_for, say, user_errors
-from reatt.report.tables import ReportFormat as Format
+from reatt.report import ReportFormat as Format
 
 
 @app.command()

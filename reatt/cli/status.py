@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from typing import Annotated
@@ -10,19 +11,6 @@ import typer
 
 from reatt.cli.app import DbOpt, StudyOpt, app, console, engine_for, say, user_errors
 
-STATE_COLORS = {
-    "completed": "green",
-    "running": "cyan",
-    "pending": "blue",
-    "requeued": "blue",
-    "failed": "red",
-    "broken": "red",
-    "cancelled": "yellow",
-    "timeout": "yellow",
-    "preempted": "yellow",
-    "interrupted": "yellow",
-    "diverged": "magenta",
-}
 REASON_WIDTH = 20  # the reason wraps: it needs only some room
 HIDDEN_FIRST = ("job", "elapsed", "loss", "step", "val loss")  # least useful first
 
@@ -57,7 +45,7 @@ def status(
 
     columns = {
         "run": [s.name for s in statuses],
-        "state": [f"[{STATE_COLORS.get(s.state, 'white')}]{s.state}[/]" for s in statuses],
+        "state": [f"[{_state_colors().get(s.state, 'white')}]{s.state}[/]" for s in statuses],
         "job": [s.job_id or "" for s in statuses],
         "step": ["" if s.last_step is None else str(s.last_step) for s in statuses],
         "loss": [_fmt(s.last_loss) for s in statuses],
@@ -113,3 +101,22 @@ def cancel(*, study: StudyOpt = None, db: DbOpt = None) -> None:
         say(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}")
     else:
         say("no pending or running jobs to cancel")
+
+
+@functools.cache
+def _state_colors() -> dict[str, str]:
+    from reatt import states  # here: `reatt --help` loads no stage
+
+    return {
+        states.COMPLETED: "green",
+        states.RUNNING: "cyan",
+        states.PENDING: "blue",
+        states.REQUEUED: "blue",
+        states.FAILED: "red",
+        states.BROKEN: "red",
+        states.CANCELLED: "yellow",
+        states.TIMEOUT: "yellow",
+        states.PREEMPTED: "yellow",
+        states.INTERRUPTED: "yellow",
+        states.DIVERGED: "magenta",
+    }

@@ -1,2 +1,19 @@
 """The report: a study's answer from the database. ``build`` aggregates (with ``stats`` and
-``comparable``), ``tables`` and the figures (``curves``, ``finals``) render, ``write`` writes."""
+``comparable``), ``tables`` and the figures (``curves``, ``finals``) render, ``write`` writes.
+
+The formats are named here, with no import, for the CLI's ``--format`` choices: ``reatt --help``
+loads nothing of the report."""
+
+from enum import Enum
+
+
+class ReportFormat(str, Enum):
+    """What ``reatt report --format`` prints; "table" (the rich table) is printed only."""
+
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    latex = "latex"
+
+
+FORMATS = tuple(f.value for f in ReportFormat)

@@ -143,12 +143,10 @@ def _runs(n: int) -> str:
 def _no_runs_error(name: str, runs: Sequence[Any]) -> StudyError:
     """Why a study has nothing to report, and what to do. The states are those the database
     holds (``reatt status`` and ``reatt collect`` set them); the results come from collect."""
-    from reatt.states import ACTIVE_STATES, COMPLETED, PLANNED, RESUBMITTABLE_STATES
-
     if not runs:
         return StudyError(f"study {name!r} has no runs; run `reatt plan SPEC` first")
-    completed = [r for r in runs if r.state == COMPLETED]
-    others = [r for r in runs if r.state != COMPLETED]
+    completed = [r for r in runs if r.state == states.COMPLETED]
+    others = [r for r in runs if r.state != states.COMPLETED]
     rest = f" ({_state_counts(others)})" if others else ""
     if completed:
         of = f"{len(completed)} of {len(runs)} runs" if others else _runs(len(completed))
@@ -174,13 +172,13 @@ def _no_runs_error(name: str, runs: Sequence[Any]) -> StudyError:
             f"study {name!r}: {of} completed, but none has a usable final NLL: "
             f"{'; '.join(problems)}{rest}; {hint}"
         )
-    if any(r.state in ACTIVE_STATES for r in runs):
+    if any(r.state in states.ACTIVE_STATES for r in runs):
         hint = "wait for them to finish (`reatt status`), then run `reatt collect`"
-    elif any(r.state == PLANNED for r in runs):
+    elif any(r.state == states.PLANNED for r in runs):
         hint = "run `reatt submit`, then `reatt collect`"
-        if any(r.state in RESUBMITTABLE_STATES for r in runs):
+        if any(r.state in states.RESUBMITTABLE_STATES for r in runs):
             hint += " (`reatt submit --resubmit-failed` also reruns the failed ones)"
-    elif any(r.state in RESUBMITTABLE_STATES for r in runs):
+    elif any(r.state in states.RESUBMITTABLE_STATES for r in runs):
         hint = "see `reatt status` for why, then `reatt submit --resubmit-failed` and `reatt collect`"
     else:
         hint = "see `reatt status`"

@@ -3,9 +3,9 @@ numbers) and a compact LaTeX booktabs table."""
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from reatt.report import FORMATS
 from reatt.report.build import (
     COL_DELTA,
     COL_DIVERGED,
@@ -41,18 +41,6 @@ from reatt.report.format import (
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from rich.table import Table
-
-
-class ReportFormat(str, Enum):
-    """What ``reatt report --format`` prints; "table" (the rich table) is printed only."""
-
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-    latex = "latex"
-
-
-FORMATS = tuple(f.value for f in ReportFormat)
 
 
 def display_frame(report: Report) -> pd.DataFrame:

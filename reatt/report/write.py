@@ -7,8 +7,9 @@ from pathlib import Path
 
 from reatt.errors import ReattError
 from reatt.files import write_atomic
+from reatt.report import FORMATS
 from reatt.report.build import Report
-from reatt.report.tables import FORMATS, to_text
+from reatt.report.tables import to_text
 
 
 def write_report(
