@@ -179,6 +179,7 @@ class LossLog:
 # ------------------------------------------------------------------------------- final.json
 
 FINAL_COMPLETED, FINAL_FAILED, FINAL_DIVERGED = "completed", "failed", "diverged"  # final.json statuses
+FINAL_STATUSES = (FINAL_COMPLETED, FINAL_FAILED, FINAL_DIVERGED)
 
 
 @dataclass(frozen=True)

@@ -218,11 +218,10 @@ class DirMissing:
 
 @dataclass(frozen=True)
 class Collected:
-    """Collect read the run directory. ``final`` is None where the attempt now queued or
-    running has not written its own; ``problems`` are what could not be read."""
+    """Collect read the run directory (``files.since``: when the attempt now queued or running
+    was submitted); ``problems`` are what could not be read."""
 
     live: bool
-    final: FinalFile | None
     problems: list[str]
     files: Files
 

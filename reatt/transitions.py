@@ -191,7 +191,8 @@ def _unreachable(current: RunState, ev: Unreachable) -> RunState:
 
 
 def _exited(ev: Exited) -> RunState:
-    record = ev.final.record if ev.final is not None and not ev.stale else None
+    final = ev.final if not ev.stale else None
+    record = final.record if final is not None else None
     if ev.rc == rundir.EXIT_OK and record is not None and record.completed:
         return RunState(COMPLETED)
     if ev.rc == rundir.EXIT_INTERRUPTED:
@@ -200,10 +201,9 @@ def _exited(ev: Exited) -> RunState:
             f"stopped with a checkpoint (exit {rundir.EXIT_INTERRUPTED}); "
             "`reatt submit --resubmit-failed` resumes it",
         )
-    if record is not None and record.status == rundir.FINAL_FAILED:
-        return RunState(FAILED, str(record.error or "final.json: failed"))
-    if record is not None and record.status == rundir.FINAL_DIVERGED:
-        return final_state(ev.final) if ev.final is not None else RunState(DIVERGED)
+    ended_badly = (rundir.FINAL_FAILED, rundir.FINAL_DIVERGED)  # a completion counts with exit 0 only
+    if final is not None and record is not None and record.status in ended_badly:
+        return final_state(final)  # the run's own word on how it ended
     if ev.signalled:  # stopped by our Ctrl-C before it could checkpoint (e.g. still starting up)
         return RunState(INTERRUPTED, f"stopped by Ctrl-C ({exit_text(ev.rc)})")
     if ev.rc == rundir.EXIT_OK:
@@ -237,20 +237,16 @@ def _collected(current: RunState, ev: Collected) -> RunState:
     or broken from a stale or half-read file, status would not watch its job any more, and
     `submit --resubmit-failed` would start a second job on the same work dir.
     """
-    record = ev.final.record if ev.final is not None else None
+    final = ev.files.current_final
+    record = final.record if final is not None else None
     status = record.status if record is not None else None
-    finished = (rundir.FINAL_COMPLETED, rundir.FINAL_FAILED, rundir.FINAL_DIVERGED)
-    if ev.live and current.state in ACTIVE_STATES and (ev.problems or status not in finished):
+    if ev.live and current.state in ACTIVE_STATES and (ev.problems or status not in rundir.FINAL_STATUSES):
         return current
     if ev.problems:
         return RunState(BROKEN, "; ".join(ev.problems))
-    if record is not None:
-        if status == rundir.FINAL_COMPLETED:
-            return RunState(COMPLETED)
-        if status == rundir.FINAL_FAILED:
-            return RunState(FAILED, str(record.error or "final.json: failed"))
-        if status == rundir.FINAL_DIVERGED:
-            return RunState(DIVERGED, str(record.error or "diverged"))
+    if final is not None and record is not None:
+        if status in rundir.FINAL_STATUSES:
+            return final_state(final)
         return RunState(
             BROKEN, f"final.json: status {status!r}, expected 'completed', 'failed' or 'diverged'"
         )

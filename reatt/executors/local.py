@@ -305,7 +305,7 @@ def _shown(outcome: RunState, final: rundir.FinalFile | None) -> RunState:
     """How the display shows a run's end: a completed run with its final NLL."""
     if outcome.state == states.COMPLETED and final is not None and final.record is not None:
         nll = final.record.final_nll
-        return RunState(outcome.state, f"final NLL {nll:.4f}" if isinstance(nll, int | float) else None)
+        return RunState(outcome.state, f"final NLL {nll:.4f}" if nll is not None else None)
     return outcome
 
 

@@ -292,23 +292,24 @@ def _collect_run(
         files = rundir.fingerprint(work_dir)  # before reading: a run still writing is read again later
     except OSError as e:  # e.g. no permission to look inside it
         reason = f"cannot read {work_dir}: {e.strerror or e}"
-        store.advance(run, Collected(live, None, [reason], Files(exists=True, final=None, checkpoint=False)))
+        store.advance(run, Collected(live, [reason], Files(exists=True, final=None, checkpoint=False)))
         run.collect_error, run.files, run.collected_at = reason, None, utc_now()
-        if run.state == states.BROKEN:
-            result.broken.append((st.name, run.name, reason))
+        _note_broken(result, st, run)
         return
     if run.collected_at is not None and run.files == files:
         result.runs_unchanged += 1
-        if run.state == states.BROKEN:
-            result.broken.append((st.name, run.name, run.collect_error or run.state_reason or "broken"))
+        _note_broken(result, st, run)
         return
 
     got = read_run_files(work_dir)
     result.runs_read += 1
     active = live and run.state in states.ACTIVE_STATES
-    final = got.final
-    if active and final is not None and final.written_before(run.submitted_at):
-        final = None  # the previous attempt's record: nothing of it describes the job now queued
+    # an active run's final.json from before its submission is the previous attempt's: nothing
+    # of it describes the job now queued
+    since = run.submitted_at if active else None
+    checkpoint = (work_dir / rundir.CHECKPOINT).exists()
+    here = Files(exists=True, final=got.final, checkpoint=checkpoint, since=since)
+    final = here.current_final
     result.warnings += [f"{where}: {w}" for w in got.warnings]
     if active:  # the live state stays; what could not be read is said, and kept in collect_error
         result.warnings += [f"{where}: {p} ({run.state}: state left to `reatt status`)" for p in got.problems]
@@ -331,11 +332,14 @@ def _collect_run(
     if not live:
         _describe_handmade(run, got)
 
-    final = final if record is not None else None
-    here = Files(exists=True, final=final, checkpoint=(work_dir / rundir.CHECKPOINT).exists())
-    store.advance(run, Collected(live, final, got.problems, here))
+    store.advance(run, Collected(live, got.problems, here))
     run.collect_error = "; ".join(got.problems) or None
     run.files, run.collected_at = files, utc_now()
+    _note_broken(result, st, run)
+
+
+def _note_broken(result: CollectResult, st: store.Study, run: store.Run) -> None:
+    """A broken run is reported at every collect, with why, until it is mended."""
     if run.state == states.BROKEN:
         result.broken.append((st.name, run.name, run.collect_error or run.state_reason or "broken"))
 

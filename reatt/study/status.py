@@ -103,7 +103,7 @@ def _status(run: store.Run) -> RunStatus:
         last_loss=last.loss if last else None,
         last_val_loss=last.val_loss if last else None,
         elapsed_s=last.elapsed_s if last else None,
-        final_nll=float(nll) if isinstance(nll, int | float) and not isinstance(nll, bool) else None,
+        final_nll=float(nll) if nll is not None else None,  # a number: read_final checked it
         work_dir=run.work_dir,
     )
 
