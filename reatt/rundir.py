@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO, TypeGuard
 
 from reatt.errors import RunDirError
-from reatt.files import parse_utc, read_tail, utc_iso, write_atomic
+from reatt.files import parse_utc, read_tail, utc_iso, utc_now, write_atomic
 
 # ----------------------------------------------------------------------------------- names
 
@@ -392,7 +392,7 @@ def archive(work_dir: Path) -> Path | None:
     is deleted. Returns the new path, or None if there was nothing to move."""
     if not work_dir.exists():
         return None
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
     target = work_dir.with_name(f"{work_dir.name}.prev-{stamp}")
     work_dir.rename(target)
     return target
