@@ -18,7 +18,7 @@ import json
 import math
 import re
 import signal
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO, TypeGuard
 
@@ -38,6 +38,7 @@ EXIT_OK = 0  # completed (or already completed in this work dir)
 EXIT_FAILED = 1  # the run failed; final.json says why
 EXIT_USAGE = 2  # bad config or command line, or the work dir is locked; nothing was written
 EXIT_DIVERGED = 3  # the loss became non-finite: stopped there; final.json says at which step
+EXIT_PRUNED = 4  # a tuning run stopped behind a sibling candidate (trainer.prune_*); final.json says where
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a stop signal came, ckpt.pt is saved; start again to resume
 EXIT_KILLED_BY_USR1 = 128 + int(signal.SIGUSR1)  # how a shell reports a USR1 before the handler is set
 
@@ -178,15 +179,17 @@ class LossLog:
 
 # ------------------------------------------------------------------------------- final.json
 
-FINAL_COMPLETED, FINAL_FAILED, FINAL_DIVERGED = "completed", "failed", "diverged"  # final.json statuses
-FINAL_STATUSES = (FINAL_COMPLETED, FINAL_FAILED, FINAL_DIVERGED)
+# final.json statuses; pruned: a tuning run stopped early, behind a sibling candidate by a margin
+FINAL_COMPLETED, FINAL_FAILED, FINAL_DIVERGED, FINAL_PRUNED = "completed", "failed", "diverged", "pruned"
+FINAL_STATUSES = (FINAL_COMPLETED, FINAL_FAILED, FINAL_DIVERGED, FINAL_PRUNED)
+FINAL_ENDED_EARLY = (FINAL_FAILED, FINAL_DIVERGED, FINAL_PRUNED)  # the run's own word on an early end
 
 
 @dataclass(frozen=True)
 class FinalRecord:
     """final.json: how a run ended, written once (atomically) when it ends."""
 
-    status: Any  # FINAL_COMPLETED, FINAL_FAILED or FINAL_DIVERGED (anything, as read from a file)
+    status: Any  # one of FINAL_STATUSES (anything, as read from a file)
     final_nll: float | None = None  # held-out NLL at the last step: the run's answer
     final_train_loss: float | None = None
     steps: int | None = None
@@ -204,6 +207,7 @@ class FinalRecord:
     error: str | None = None  # why it failed or diverged
     finished_at: str | None = None  # ISO 8601, UTC
     diverged_at: int | None = None  # the step whose loss was not finite
+    pruned_at: int | None = None  # the step at which a tuning run was pruned (final_nll: its NLL there)
 
     def write(self, work_dir: Path) -> None:
         """Atomically, as valid JSON: a non-finite number is written as null."""
@@ -211,9 +215,6 @@ class FinalRecord:
             k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()
         }
         write_atomic(work_dir / FINAL, json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-    def with_diverged_at(self, step: int) -> FinalRecord:
-        return replace(self, diverged_at=step)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> tuple[FinalRecord, dict[str, str]]:

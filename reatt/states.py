@@ -27,6 +27,7 @@ TIMEOUT = "timeout"
 PREEMPTED = "preempted"
 INTERRUPTED = "interrupted"  # stopped by a signal with a checkpoint saved (exit 75), not requeued
 DIVERGED = "diverged"  # its loss became non-finite: stopped there (final.json says at which step)
+PRUNED = "pruned"  # a tuning run stopped behind a sibling candidate: a result of tuning, not a failure
 BROKEN = "broken"  # collect found the run directory missing or unreadable
 UNKNOWN = "unknown"
 ALL_STATES = (
@@ -41,11 +42,13 @@ ALL_STATES = (
     PREEMPTED,
     INTERRUPTED,
     DIVERGED,
+    PRUNED,
     BROKEN,
     UNKNOWN,
 )
 ACTIVE_STATES = frozenset({PENDING, RUNNING, REQUEUED})
-# not diverged: it would diverge again (a run is deterministic); only --force starts it over
+# not diverged or pruned: it would end the same way again (a run is deterministic); only --force
+# starts it over
 RESUBMITTABLE_STATES = frozenset({FAILED, CANCELLED, TIMEOUT, PREEMPTED, INTERRUPTED, BROKEN, UNKNOWN})
 WATCHED_STATES = ACTIVE_STATES | {UNKNOWN, PREEMPTED}  # whose job may still change: polled by status
 

@@ -30,6 +30,7 @@ from reatt.states import (
     INTERRUPTED_REASON,
     PENDING,
     PLANNED,
+    PRUNED,
     RUNNING,
     UNKNOWN,
     Active,
@@ -64,6 +65,8 @@ def final_state(final: FinalFile) -> RunState:
         return RunState(COMPLETED)
     if final.record.status == rundir.FINAL_DIVERGED:
         return RunState(DIVERGED, str(final.record.error or "diverged"))
+    if final.record.status == rundir.FINAL_PRUNED:
+        return RunState(PRUNED, str(final.record.error or "pruned"))
     return RunState(FAILED, str(final.record.error or f"final.json status {final.record.status!r}"))
 
 
@@ -115,7 +118,11 @@ def next_state(current: RunState, evidence: Evidence) -> RunState:
             return found
         case Elsewhere(reason, files):
             found = from_files(files)
-            return found if found.state in (COMPLETED, FAILED, DIVERGED) else RunState(current.state, reason)
+            return (
+                found
+                if found.state in (COMPLETED, FAILED, DIVERGED, PRUNED)
+                else RunState(current.state, reason)
+            )
         case Unchanged():
             return current
         case Claimed(reason):
@@ -164,7 +171,7 @@ def _ended(ev: Ended) -> RunState:
         if final is not None:
             return final
         return RunState(FAILED, f"{ev.reason} but the run wrote no final.json")
-    if ev.state == FAILED and final is not None and final.state in (FAILED, DIVERGED):
+    if ev.state == FAILED and final is not None and final.state in (FAILED, DIVERGED, PRUNED):
         return final  # the run's own word on how it ended
     return RunState(ev.state, ev.reason)
 
@@ -201,8 +208,8 @@ def _exited(ev: Exited) -> RunState:
             f"stopped with a checkpoint (exit {rundir.EXIT_INTERRUPTED}); "
             "`reatt submit --resubmit-failed` resumes it",
         )
-    ended_badly = (rundir.FINAL_FAILED, rundir.FINAL_DIVERGED)  # a completion counts with exit 0 only
-    if final is not None and record is not None and record.status in ended_badly:
+    # a completion counts with exit 0 only
+    if final is not None and record is not None and record.status in rundir.FINAL_ENDED_EARLY:
         return final_state(final)  # the run's own word on how it ended
     if ev.signalled:  # stopped by our Ctrl-C before it could checkpoint (e.g. still starting up)
         return RunState(INTERRUPTED, f"stopped by Ctrl-C ({exit_text(ev.rc)})")
@@ -223,7 +230,7 @@ def _dir_missing(current: RunState, ev: DirMissing) -> RunState:
     """No directory is expected of a run not started yet (or one that failed before it made
     its directory); one that had files, or completed, is broken without it."""
     expected = ev.live and (current.state == PLANNED or current.state in ACTIVE_STATES)
-    gone = ev.collected_before or current.state in (COMPLETED, DIVERGED, BROKEN)
+    gone = ev.collected_before or current.state in (COMPLETED, DIVERGED, PRUNED, BROKEN)
     if expected or not gone:
         return current
     return RunState(BROKEN, ev.reason)
@@ -248,7 +255,8 @@ def _collected(current: RunState, ev: Collected) -> RunState:
         if status in rundir.FINAL_STATUSES:
             return final_state(final)
         return RunState(
-            BROKEN, f"final.json: status {status!r}, expected 'completed', 'failed' or 'diverged'"
+            BROKEN,
+            f"final.json: status {status!r}, expected one of {', '.join(map(repr, rundir.FINAL_STATUSES))}",
         )
     if ev.live and current.state == COMPLETED:
         return RunState(BROKEN, "final.json missing, but the run was recorded as completed")

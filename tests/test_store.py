@@ -26,7 +26,8 @@ def test_other_schema_version_is_refused(tmp_path):
     db.open_db(path)
     with sqlite3.connect(path) as con:
         con.execute("update meta set value='999' where key='schema_version'")
-    with pytest.raises(DatabaseError, match="schema version 999, but this reatt uses version 1"):
+    expected = f"schema version 999, but this reatt uses version {db.SCHEMA_VERSION}"
+    with pytest.raises(DatabaseError, match=expected):
         db.open_db(path)
 
 

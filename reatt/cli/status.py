@@ -119,4 +119,5 @@ def _state_colors() -> dict[str, str]:
         states.PREEMPTED: "yellow",
         states.INTERRUPTED: "yellow",
         states.DIVERGED: "magenta",
+        states.PRUNED: "cyan",
     }

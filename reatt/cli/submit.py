@@ -121,9 +121,11 @@ def _print(result: Any) -> None:
         say(f"{name}: checkpoint saved; `reatt submit --resubmit-failed` resumes it", "interrupted", "yellow")
     if result.not_started:
         say(", ".join(result.not_started), "not started:", "yellow")
+    for name, reason in result.pruned:  # a result of tuning: not a failure
+        say(f"{name}: {reason}", "pruned", "cyan")
     for name, reason in result.diverged:
         say(f"{name}: {reason}", "diverged", "bold magenta")
     for name, reason in result.failed:
         say(f"{name}: {reason}", "failed", "bold red")
-    if not (result.completed or result.failed or result.interrupted or result.diverged):
+    if not (result.completed or result.failed or result.interrupted or result.diverged or result.pruned):
         say(f"nothing to run {rerun}")

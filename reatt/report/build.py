@@ -13,16 +13,36 @@ with it ``reatt --help``) stays fast.
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from reatt import states
-from reatt.errors import StudyError
 from reatt.report.comparable import incomparable, incomparable_note
+from reatt.report.fair import (
+    COL_CHOSEN,
+    COL_DF,
+    COL_LEVEL,
+    COL_P,
+    COL_P_HOLM,
+    COL_SE,
+    COL_SHARED_DELTA,
+    COL_SHARED_HIGH,
+    COL_SHARED_LOW,
+    COL_SHARED_N,
+    COL_SHARED_VERDICT,
+    COL_VERDICT,
+    FAIR_COLUMNS,
+    NOT_RESOLVED,
+    REFERENCE,
+    TUNED_COLUMNS,
+    Compared,
+    correct,
+    noise_notes,
+    unpaired_seeds,
+)
 from reatt.report.stats import Diff, compare, welch_diff
+from reatt.report.usable import no_runs_error, usable
 from reatt.states import one_line
 from reatt.study.spec import COLLECTED_MATRIX
 
@@ -62,6 +82,8 @@ COLUMNS = (
     COL_PARAMS,
     COL_PARAMS_NE,
     COL_TPS,
+    *FAIR_COLUMNS,
+    *TUNED_COLUMNS,
 )
 NO_FEATURES = "—"  # a variant without features; a Δ without an interval
 CURVE_COLUMNS = ("run", "variant", "seed", "step", "tokens", "loss", "val_loss", "lr", "elapsed_s")
@@ -99,6 +121,9 @@ class Report:
     # The evaluation keys whose values differ between the runs in the table, each as
     # "data.block_size differs (baseline: 64; rope: 32)"; empty when the final NLLs are comparable.
     incomparable: list[str] = field(default_factory=list)
+    tuned: bool = False  # a [tune] study: the table is at each variant's chosen value
+    tuning: pd.DataFrame | None = None  # its tuning runs (reatt.report.tuning.TUNING_COLUMNS)
+    shared_value: str = ""  # what every variant has without tuning ("trainer.learning_rate=0.002")
 
     @property
     def best(self) -> str | None:
@@ -120,76 +145,6 @@ class Report:
         return Path(self.out_dir) / self.study / "report"
 
 
-def _usable(run: Any) -> tuple[bool, str]:
-    """Whether a run's result enters the table; else why not."""
-    if run.state != states.COMPLETED:
-        return False, run.state_reason or run.collect_error or ""
-    if run.final_nll is None:
-        return False, "completed but no final NLL in the database: run `reatt collect`"
-    if not math.isfinite(run.final_nll):
-        return False, f"final NLL is {run.final_nll} (diverged?)"
-    return True, ""
-
-
-def _state_counts(runs: Sequence[Any]) -> str:
-    """ "3 completed, 1 failed": the runs' states, most common first."""
-    return ", ".join(f"{n} {state}" for state, n in Counter(r.state for r in runs).most_common())
-
-
-def _runs(n: int) -> str:
-    return f"{n} run" if n == 1 else f"{n} runs"
-
-
-def _no_runs_error(name: str, runs: Sequence[Any]) -> StudyError:
-    """Why a study has nothing to report, and what to do. The states are those the database
-    holds (``reatt status`` and ``reatt collect`` set them); the results come from collect."""
-    if not runs:
-        return StudyError(f"study {name!r} has no runs; run `reatt plan SPEC` first")
-    completed = [r for r in runs if r.state == states.COMPLETED]
-    others = [r for r in runs if r.state != states.COMPLETED]
-    rest = f" ({_state_counts(others)})" if others else ""
-    if completed:
-        of = f"{len(completed)} of {len(runs)} runs" if others else _runs(len(completed))
-        uncollected = [r for r in completed if r.final_nll is None and r.collected_at is None]
-        if len(uncollected) == len(completed):
-            none = "none collected yet" if len(completed) > 1 else "not collected yet"
-            return StudyError(f"study {name!r}: {of} completed but {none}{rest}: run `reatt collect` first")
-        problems = []
-        if uncollected:
-            problems.append(f"{len(uncollected)} not collected yet")
-        diverged = [r for r in completed if r.final_nll is not None]  # not finite (else usable)
-        if diverged:
-            values = ", ".join(sorted({str(r.final_nll) for r in diverged}))
-            problems.append(f"{len(diverged)} diverged (final NLL {values})")
-        unread = [r for r in completed if r.final_nll is None and r.collected_at is not None]
-        if unread:
-            why = next((r.collect_error for r in unread if r.collect_error), None)
-            problems.append(
-                f"{len(unread)} collected without a final NLL" + (f" ({one_line(why, 80)})" if why else "")
-            )
-        hint = "run `reatt collect` first" if uncollected else "see `reatt status` and the runs' final.json"
-        return StudyError(
-            f"study {name!r}: {of} completed, but none has a usable final NLL: "
-            f"{'; '.join(problems)}{rest}; {hint}"
-        )
-    if any(r.state in states.ACTIVE_STATES for r in runs):
-        hint = "wait for them to finish (`reatt status`), then run `reatt collect`"
-    elif any(r.state == states.PLANNED for r in runs):
-        hint = "run `reatt submit`, then `reatt collect`"
-        if any(r.state in states.RESUBMITTABLE_STATES for r in runs):
-            hint += " (`reatt submit --resubmit-failed` also reruns the failed ones)"
-    elif any(r.state in states.RESUBMITTABLE_STATES for r in runs):
-        hint = "see `reatt status` for why, then `reatt submit --resubmit-failed` and `reatt collect`"
-    else:
-        hint = "see `reatt status`"
-    if any(r.state == states.DIVERGED for r in runs):
-        hint += (
-            "; a run diverged when its loss became non-finite (`reatt status` says at which step): "
-            "a lower trainer.learning_rate, a warmup or gradient clipping usually helps"
-        )
-    return StudyError(f"study {name!r}: no run has completed yet{rest}; {hint}")
-
-
 def build_report(engine: Engine, study: str | None) -> Report:
     """Aggregate the completed runs of ``study`` (default: the latest planned) over seeds.
 
@@ -200,16 +155,27 @@ def build_report(engine: Engine, study: str | None) -> Report:
     import pandas as pd
     from sqlalchemy import select
 
+    from reatt.report.tuning import chosen_of, shared_diffs, tuned_columns, tuning_frame
     from reatt.study import store
+    from reatt.study.tune import TUNE
 
     with store.transaction(engine) as session:
         st = store.get_study(session, study)
         name, matrix, reference, out_dir = st.name, st.matrix, st.reference, st.out_dir
-        runs = list(st.runs)  # plan order
-        done = [r for r in runs if _usable(r)[0]]
+        tune_runs = [r for r in st.runs if r.stage == TUNE]
+        runs = [r for r in st.runs if r.stage != TUNE]  # plan order; a tuned study's stage 2
+        done = [r for r in runs if usable(r)[0]]
         if not done:
-            raise _no_runs_error(name, runs)
-        differ = incomparable(done)
+            raise no_runs_error(name, runs)
+        differ = incomparable(done + [r for r in tune_runs if usable(r)[0]])
+        ref_done = [r for r in done if r.variant == reference]
+        unpaired = {
+            v: unpaired_seeds([r for r in done if r.variant == v], ref_done)
+            for v in {r.variant for r in done}
+        }
+        tuning = tuning_frame(tune_runs, runs) if tune_runs else None
+        chosen = chosen_of(runs)
+        shared = shared_diffs(tune_runs, reference) if tune_runs else None
         planned: dict[str, int] = {}
         features: dict[str, str] = {}
         for r in runs:
@@ -218,7 +184,7 @@ def build_report(engine: Engine, study: str | None) -> Report:
         finals = pd.DataFrame([[getattr(r, "name" if c == "run" else c) for c in RUN_COLUMNS] for r in done])
         finals.columns = list(RUN_COLUMNS)
         missing = pd.DataFrame(
-            [(r.name, r.variant, r.seed, r.state, _usable(r)[1]) for r in runs if not _usable(r)[0]],
+            [(r.name, r.variant, r.seed, r.state, usable(r)[1]) for r in runs if not usable(r)[0]],
             columns=list(MISSING_COLUMNS),
         )
         run_ids = {r.id: r.name for r in done}
@@ -233,7 +199,22 @@ def build_report(engine: Engine, study: str | None) -> Report:
 
     if reference is None and "baseline" in planned:  # collected studies have no planned reference
         reference = "baseline"
-    table, notes = _aggregate(finals, missing, planned, features, reference)
+    table, notes = _aggregate(finals, missing, planned, features, reference, unpaired)
+    if shared is not None:
+        tuned_columns(table, chosen, shared, notes)
+    n_cmp = int(table[COL_P].notna().sum())  # the comparisons with a p-value: the Holm family
+    if n_cmp:
+        notes.append(
+            f"Verdicts and CIs are corrected for the {n_cmp} comparison(s) of the study (Holm–Bonferroni, "
+            "family-wise 95%): each CI is at its Holm step-down level, so a Δ is resolved exactly where "
+            "its CI excludes 0; a Δ not resolved is neither better nor worse."
+        )
+    compared = [
+        Compared(r[COL_VARIANT], r[COL_DELTA], r[COL_VERDICT], r[COL_METHOD], int(r[COL_N]), r[COL_SE])
+        for _, r in table.iterrows()
+    ]
+    ref_finals = list(finals[finals["variant"] == reference]["final_nll"]) if reference in planned else []
+    notes += noise_notes(compared, ref_finals, reference if reference in planned else None, n_cmp)
     if differ:  # first: it voids every comparison below it
         notes.insert(0, incomparable_note(differ))
     if reference is not None and reference not in planned:
@@ -254,6 +235,9 @@ def build_report(engine: Engine, study: str | None) -> Report:
         variants=list(planned),
         out_dir=out_dir,
         incomparable=differ,
+        tuned=bool(tune_runs),
+        tuning=tuning,
+        shared_value=shared[2] if shared is not None else "",
     )
 
 
@@ -263,6 +247,7 @@ def _aggregate(
     planned: dict[str, int],
     features: dict[str, str],
     reference: str | None,
+    unpaired: dict[str, dict[int, str]],
 ) -> tuple[pd.DataFrame, list[str]]:
     """The table (one row per planned variant, sorted by mean final NLL) and the notes."""
     import pandas as pd
@@ -288,6 +273,7 @@ def _aggregate(
         tps=("tokens_per_s", "mean"),
     )
     records = []
+    diffs: dict[str, Diff] = {}  # the non-reference variants' Δ: one Holm family
     partial: dict[tuple[int, ...], list[str]] = {}  # shared seeds -> variants paired on them only
     for v, g in groups.items():
         n = len(g)
@@ -295,9 +281,14 @@ def _aggregate(
         if v == reference and n:
             diff = Diff(0.0, method="reference")
         elif ref_runs is not None and not ref_runs.empty and n:
-            diff, shared = _diff(g, ref_runs)
+            bad = unpaired.get(v, {})
+            if bad:
+                seeds = ", ".join(f"{seed} ({why})" for seed, why in sorted(bad.items()))
+                notes.append(f"{v}: seed(s) not paired with {reference}: {seeds}; left out of the pairs.")
+            diff, shared = _diff(g[~g["seed"].isin(list(bad))], ref_runs[~ref_runs["seed"].isin(list(bad))])
             if shared is not None:
                 partial.setdefault(shared, []).append(v)
+            diffs[v] = diff
         row = agg.loc[v] if n else None
         records.append(
             {
@@ -316,6 +307,16 @@ def _aggregate(
                 COL_PARAMS: row["params"] if row is not None else None,
                 COL_PARAMS_NE: row["params_ne"] if row is not None else None,
                 COL_TPS: row["tps"] if row is not None else math.nan,
+                COL_VERDICT: REFERENCE if diff.method == "reference" else NOT_RESOLVED,
+                COL_SE: diff.se,
+                COL_DF: diff.df,
+                **{c: math.nan for c in (COL_P, COL_P_HOLM, COL_LEVEL, COL_SHARED_DELTA, COL_SHARED_LOW)},
+                **{
+                    COL_SHARED_HIGH: math.nan,
+                    COL_SHARED_N: 0,
+                    COL_CHOSEN: math.nan,
+                    COL_SHARED_VERDICT: math.nan,
+                },
             }
         )
         if n < planned[v]:
@@ -337,6 +338,18 @@ def _aggregate(
     for col in (COL_PARAMS, COL_PARAMS_NE):
         table[col] = table[col].astype("Int64")
     table = table.sort_values(COL_MEAN, na_position="last", kind="stable").reset_index(drop=True)
+    judged = correct(diffs)
+    for i, row in table.iterrows():
+        j = judged.get(row[COL_VARIANT])
+        if j is not None:
+            table.loc[i, [COL_LOW, COL_HIGH, COL_P, COL_P_HOLM, COL_LEVEL]] = [
+                j.diff.low,
+                j.diff.high,
+                j.p,
+                j.p_holm,
+                j.level,
+            ]
+            table.at[i, COL_VERDICT] = j.verdict
 
     if (table[COL_N] <= 1).all():
         notes.append(
@@ -346,12 +359,12 @@ def _aggregate(
     methods = set(table[COL_METHOD])
     if "paired" in methods:
         notes.append(
-            f"95% CIs of Δ are paired by seed (Student t over the per-seed differences to {reference}): "
+            f"CIs of Δ are paired by seed (Student t over the per-seed differences to {reference}): "
             "the same seed gives every variant the same initialization and data order."
         )
     if "Welch" in methods:
         notes.append(
-            f"Where a variant shares fewer than two seeds with {reference}, its 95% CI is Welch's "
+            f"Where a variant shares fewer than two seeds with {reference}, its CI is Welch's "
             "(unpaired, unequal variances)."
         )
     return table, notes

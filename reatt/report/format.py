@@ -66,8 +66,10 @@ def legend_line(report: Report) -> str:
     ref = f"`{report.reference}`" if report.reference else "none"
     return (
         "Final held-out NLL in nats/token at the last step (lower is better), mean and sample std "
-        f"over seeds; Δ = difference in mean vs the reference ({ref}), with its 95% CI; "
-        "* the CI excludes 0. tokens/s depends on the machine and its load at the time of each run."
+        f"over seeds; Δ = difference in mean vs the reference ({ref}), with its CI at the "
+        "Holm–Bonferroni step-down level (family-wise 95% over the study's comparisons); * the CI "
+        "excludes 0: resolved (verdict better or worse), else not resolved. tokens/s depends on "
+        "the machine and its load at the time of each run."
     )
 
 

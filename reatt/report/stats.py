@@ -116,6 +116,7 @@ class Diff:
     high: float = math.nan
     method: str = ""  # "paired", "Welch", "reference" or "" (no interval)
     df: float = math.nan
+    se: float = math.nan  # the standard error of delta
 
 
 def paired_diff(variant: dict[int, float], reference: dict[int, float], level: float = CI_LEVEL) -> Diff:
@@ -129,8 +130,9 @@ def paired_diff(variant: dict[int, float], reference: dict[int, float], level: f
     delta = mean(diffs)
     if len(diffs) < 2:
         return Diff(delta)
-    half = t_quantile(0.5 + level / 2, len(diffs) - 1) * std(diffs) / math.sqrt(len(diffs))
-    return Diff(delta, delta - half, delta + half, "paired", len(diffs) - 1)
+    se = std(diffs) / math.sqrt(len(diffs))
+    half = t_quantile(0.5 + level / 2, len(diffs) - 1) * se
+    return Diff(delta, delta - half, delta + half, "paired", len(diffs) - 1, se)
 
 
 def welch_diff(variant: Sequence[float], reference: Sequence[float], level: float = CI_LEVEL) -> Diff:
@@ -141,10 +143,10 @@ def welch_diff(variant: Sequence[float], reference: Sequence[float], level: floa
     va, vb = std(variant) ** 2 / len(variant), std(reference) ** 2 / len(reference)
     se = math.sqrt(va + vb)
     if se == 0.0:
-        return Diff(delta, delta, delta, "Welch", math.inf)
+        return Diff(delta, delta, delta, "Welch", math.inf, 0.0)
     df = (va + vb) ** 2 / (va**2 / (len(variant) - 1) + vb**2 / (len(reference) - 1))
     half = t_quantile(0.5 + level / 2, df) * se
-    return Diff(delta, delta - half, delta + half, "Welch", df)
+    return Diff(delta, delta - half, delta + half, "Welch", df, se)
 
 
 def compare(variant: dict[int, float], reference: dict[int, float], level: float = CI_LEVEL) -> Diff:
@@ -152,3 +154,84 @@ def compare(variant: dict[int, float], reference: dict[int, float], level: float
     if len(set(variant) & set(reference)) >= 2:
         return paired_diff(variant, reference, level)
     return welch_diff(list(variant.values()), list(reference.values()), level)
+
+
+def p_value(diff: Diff) -> float:
+    """The two-sided p-value of "Δ = 0" from Student's t with the diff's df; NaN without an
+    interval."""
+    if diff.method not in ("paired", "Welch") or math.isnan(diff.se):
+        return math.nan
+    if diff.se == 0.0:
+        return 1.0 if diff.delta == 0.0 else 0.0
+    return min(1.0, 2.0 * t_cdf(-abs(diff.delta) / diff.se, diff.df))
+
+
+def interval(diff: Diff, level: float) -> Diff:
+    """The same difference with its interval at another confidence ``level``."""
+    if diff.method not in ("paired", "Welch") or math.isnan(diff.se):
+        return diff
+    half = 0.0 if diff.se == 0.0 else t_quantile(0.5 + level / 2, diff.df) * diff.se
+    return Diff(diff.delta, diff.delta - half, diff.delta + half, diff.method, diff.df, diff.se)
+
+
+@dataclass(frozen=True)
+class Holm:
+    """One comparison of a family after Holm–Bonferroni."""
+
+    p_adjusted: float
+    level: float  # the confidence level of its interval (step-down)
+    rejected: bool
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[Holm]:
+    """Holm–Bonferroni over the finite ``p_values`` (NaN ones are not in the family), in input
+    order. Adjusted p(i) = max over j <= i of min(1, (m - j + 1) p(j)), ranks ascending.
+
+    The levels make each interval agree with its decision: rank i before the first hypothesis
+    not rejected (rank k) gets 1 - alpha / (m - i + 1); rank k and every later one get
+    1 - alpha / (m - k + 1), where their intervals include 0 (their p is above that level's
+    alpha). With m = 1 it is the plain 1 - alpha interval."""
+    family = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(family)
+    out = [Holm(math.nan, math.nan, False)] * len(p_values)
+    running, stopped = 0.0, None
+    for rank, (p, i) in enumerate(family, start=1):
+        running = max(running, min(1.0, (m - rank + 1) * p))
+        rejected = running <= alpha
+        if not rejected and stopped is None:
+            stopped = rank
+        level = 1.0 - alpha / (m - (rank if stopped is None else stopped) + 1)
+        out[i] = Holm(running, level, rejected)
+    return out
+
+
+def min_detectable(sigma: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest |Δ| a two-sided paired t-test at ``alpha`` over ``n`` pairs, whose
+    differences have std ``sigma``, resolves with probability ``power``:
+    (t(1 - alpha/2, n-1) + t(power, n-1)) sigma / sqrt(n). NaN below two pairs."""
+    if n < 2:
+        return math.nan
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sigma / math.sqrt(n)
+
+
+def seeds_needed(
+    delta: float, sigma: float, alpha: float = 0.05, power: float = 0.8, max_n: int = 10_000
+) -> int | None:
+    """The fewest pairs (>= 2) that resolve ``delta`` (see ``min_detectable``); None for a Δ of 0
+    or where more than ``max_n`` would be needed. min_detectable falls with n: bisection."""
+    if delta == 0 or math.isnan(delta) or math.isnan(sigma):
+        return None
+    if sigma == 0:
+        return 2
+    if min_detectable(sigma, max_n, alpha, power) > abs(delta):
+        return None
+    lo, hi = 2, max_n  # invariant: hi suffices
+    if min_detectable(sigma, lo, alpha, power) <= abs(delta):
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if min_detectable(sigma, mid, alpha, power) <= abs(delta):
+            hi = mid
+        else:
+            lo = mid
+    return hi

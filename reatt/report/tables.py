@@ -26,6 +26,20 @@ from reatt.report.build import (
     Report,
 )
 from reatt.report.comparable import incomparable_note
+from reatt.report.fair import (
+    COL_CHOSEN,
+    COL_DF,
+    COL_LEVEL,
+    COL_P,
+    COL_P_HOLM,
+    COL_SE,
+    COL_SHARED_DELTA,
+    COL_SHARED_HIGH,
+    COL_SHARED_LOW,
+    COL_SHARED_VERDICT,
+    COL_VERDICT,
+    TUNED_COLUMNS,
+)
 from reatt.report.format import (
     ci_text,
     excludes_zero,
@@ -48,7 +62,10 @@ def display_frame(report: Report) -> pd.DataFrame:
     Δ with its sign and '*' where the 95% CI excludes 0."""
     t = report.table
     out = t.copy().astype(object)
-    for col in (COL_MEAN, COL_STD, COL_LOW, COL_HIGH, COL_TRAIN):
+    for col in (COL_MEAN, COL_STD, COL_LOW, COL_HIGH, COL_TRAIN, COL_SHARED_LOW, COL_SHARED_HIGH):
+        out[col] = [fmt_num(x) for x in t[col]]
+    out[COL_SHARED_DELTA] = [fmt_signed(x, minus="-") for x in t[COL_SHARED_DELTA]]
+    for col in (COL_P, COL_P_HOLM, COL_LEVEL):
         out[col] = [fmt_num(x) for x in t[col]]
     out[COL_DELTA] = [
         (fmt_num(0.0) if row[COL_METHOD] == "reference" else fmt_signed(row[COL_DELTA], minus="-"))
@@ -58,7 +75,8 @@ def display_frame(report: Report) -> pd.DataFrame:
     for col in (COL_PARAMS, COL_PARAMS_NE):
         out[col] = [fmt_count(x) for x in t[col]]
     out[COL_TPS] = [fmt_num(x, 0) for x in t[COL_TPS]]
-    return out
+    hidden = [COL_SE, COL_DF] + ([] if report.tuned else list(TUNED_COLUMNS))  # in the CSV
+    return out.drop(columns=hidden)
 
 
 def render_table(report: Report) -> Table:
@@ -77,15 +95,16 @@ def render_table(report: Report) -> Table:
         title.append(" NOT COMPARABLE", style="bold red")
         caption.append(f"{incomparable_line(report)}; see the notes.\n", style="bold red")
     caption.append(
-        f"★ lowest mean final NLL. Δ: difference in mean final NLL vs {ref} with its 95% CI; "
-        "* CI excludes 0. ± : sample std over seeds; n/planned: seeds completed. "
+        f"★ lowest mean final NLL. Δ: difference in mean final NLL vs {ref}, with its CI at the "
+        "Holm–Bonferroni step-down level (family-wise 95% over the study's comparisons); * CI "
+        "excludes 0: resolved. ± : sample std over seeds; n/planned: seeds completed. "
         "tokens/s depends on the machine and its load at the time of each run."
     )
-    table: Table = FittingTable(
+    table = FittingTable(
         title=title,
         caption=caption,
         caption_justify="left",
-        droppable=(8, 7, 6, 5, 1),  # tokens/s, params, train loss, CI method, features
+        droppable=(9, 8, 7, 6, 1),  # tokens/s, params, train loss, CI method, features
     )
     best = report.best
     rows = []
@@ -106,31 +125,63 @@ def render_table(report: Report) -> Table:
         name = Text(str(row[COL_VARIANT]))
         if row[COL_VARIANT] == best:
             name = Text(f"★ {row[COL_VARIANT]}", style="bold green")
+        verdict = str(row[COL_VERDICT])
+        style = {"better": "green", "worse": "red", "reference": "dim"}.get(verdict, "yellow")
         cells = [
             name,
             Text(str(row[COL_FEATURES])),
             n_text,
             Text(nll) if nll else Text("no run", style="yellow"),
             delta,
+            Text("" if verdict == "reference" else verdict, style=style),
             Text(str(row[COL_METHOD]) if row[COL_METHOD] != "reference" else ""),
             Text(fmt_num(row[COL_TRAIN])),
             Text(params_text(row[COL_PARAMS], row[COL_PARAMS_NE])),
             Text(fmt_num(row[COL_TPS], 0)),
         ]
+        if report.tuned:
+            cells.insert(1, Text(_short_keys(str(row[COL_CHOSEN]))))
+            shared = Text(_shared_text(row))
+            if row[COL_SHARED_VERDICT] in ("better", "worse"):
+                shared.stylize("green" if row[COL_SHARED_VERDICT] == "better" else "red")
+            cells.insert(7, shared)
         rows.append((cells, "bold" if row[COL_VARIANT] == best else None))
-    headers = ["variant", "features", "n", "final NLL ± std", f"Δ vs {ref} [95% CI]", "CI method"]
+    headers = ["variant", "features", "n", "final NLL ± std", f"Δ vs {ref} [CI]", "verdict", "CI method"]
     headers += ["train loss", "params (non-emb.)", "tokens/s"]
+    dims, lefts = {1, 6}, {0, 1, 5, 6}
+    if report.tuned:
+        headers.insert(1, "chosen value")
+        headers.insert(7, f"Δ at shared {_short_keys(report.shared_value) or 'value'} [CI]")
+        dims, lefts = {2, 8}, {0, 1, 2, 6, 8}
+        table.droppable = (11, 10, 9, 8, 2, 7, 1)  # ... CI method, features, Δ at shared, chosen
     for i, header in enumerate(headers):
         # values are never cut or folded: a narrow terminal hides whole columns instead
         width = max([len(cells[i].plain) for cells, _ in rows] + [1])
-        dim = "dim" if i in (1, 5) else ""
-        left = i in (0, 1, 5)
+        dim = "dim" if i in dims else ""
+        left = i in lefts
         table.add_column(
             header, justify="left" if left else "right", min_width=width, no_wrap=True, style=dim
         )
     for cells, row_style in rows:
         table.add_row(*cells, style=row_style)
     return table
+
+
+def _short_keys(text: str) -> str:
+    """ "learning_rate=0.002" for "trainer.learning_rate=0.002": the terminal's width is short."""
+    return text.replace("trainer.", "").replace("model.", "")
+
+
+def _shared_text(row: Any) -> str:
+    """Δ at the shared value with its CI and verdict: "+0.012 [−0.004, +0.028] not resolved"."""
+    if row[COL_SHARED_VERDICT] == "reference":
+        return "0.000 (reference)"
+    if isnan(row[COL_SHARED_DELTA]):
+        return "no run at it"
+    text = fmt_signed(row[COL_SHARED_DELTA], 3)
+    if not isnan(row[COL_SHARED_LOW]):
+        text += f" [{fmt_signed(row[COL_SHARED_LOW], 3)}, {fmt_signed(row[COL_SHARED_HIGH], 3)}]"
+    return f"{text} {row[COL_SHARED_VERDICT]}"
 
 
 def _latex_escape(text: str) -> str:
@@ -172,7 +223,8 @@ def _latex(report: Report) -> str:
                 "$n$": n,
                 "Final NLL": nll,
                 rf"$\Delta$ vs {ref}": delta,
-                r"95\% CI": ci,
+                "CI": ci,
+                "Verdict": _latex_escape(str(row[COL_VERDICT])),
                 "Params": fmt_count(row[COL_PARAMS]).replace(",", r"\,"),
                 "Tokens/s": fmt_num(row[COL_TPS], 0),
             }
@@ -182,8 +234,9 @@ def _latex(report: Report) -> str:
     frame = pd.DataFrame(rows)
     caption = (
         f"Study {_latex_escape(report.study)}: final held-out NLL (nats/token, lower is better), "
-        rf"mean $\pm$ sample std over $n$ seeds; $\Delta$: difference in mean vs {ref} with its 95\% "
-        r"confidence interval; $^{*}$: the interval excludes 0."
+        rf"mean $\pm$ sample std over $n$ seeds; $\Delta$: difference in mean vs {ref} with its "
+        r"confidence interval at the Holm--Bonferroni step-down level (family-wise 95\%); $^{*}$: "
+        r"the interval excludes 0 (resolved)."
     )
     if not report.comparable:
         caption += r" \textbf{" + _latex_escape(incomparable_note(report.incomparable)) + "}"

@@ -20,7 +20,8 @@ def write_report(
     plot: bool = False,
 ) -> list[Path]:
     """Write final_nll.md / .csv / .tex (as ``formats`` ask; "table" writes nothing) and, with
-    ``plot``, loss_curves.png/.svg and final_nll.png/.svg into ``out_dir``; return the paths."""
+    ``plot``, loss_curves.png/.svg and final_nll.png/.svg (a tuned study: lr_sensitivity.png/.svg too)
+    into ``out_dir``; return the paths."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown format(s) {', '.join(unknown)}; expected {', '.join(FORMATS)}")
@@ -41,6 +42,10 @@ def write_report(
 
             written += save_figure(plot_loss_curves(report), out_dir / "loss_curves")
             written += save_figure(plot_final_nll(report), out_dir / "final_nll")
+            if report.tuning is not None and not report.tuning.empty:
+                from reatt.report.sensitivity import plot_sensitivity
+
+                written += save_figure(plot_sensitivity(report), out_dir / "lr_sensitivity")
     except OSError as e:
         done = f"; written before it: {', '.join(map(str, written))}" if written else ""
         raise ReattError(f"cannot write the report into {out_dir}: {e.strerror or e}{done}") from None

@@ -14,7 +14,9 @@ from reatt import rundir, states
 from reatt.errors import SpecError
 from reatt.files import utc_now
 from reatt.study import store
-from reatt.study.spec import JobSpec, StudySpec, spec_changes
+from reatt.study.jobs import JobSpec
+from reatt.study.spec import StudySpec, spec_changes
+from reatt.study.tune import EVAL
 
 
 @dataclass
@@ -84,8 +86,17 @@ def plan_study(
         result = PlanResult(spec.name, jobs, "replaced")
         by_name = {r.name: r for r in existing.runs}
         wanted = {j.name: j for j in jobs}
+        # an evaluation run's value was chosen under the old [tune]: a new one chooses again
+        tune_changed = (existing.spec or {}).get("tune") != spec.raw.get("tune")
+
+        def changed_run(run: store.Run) -> bool:
+            job = wanted.get(run.name)
+            if job is None or _plain(job.overrides) != run.overrides or job.stage != run.stage:
+                return True
+            return job.stage == EVAL and tune_changed
+
         for run in existing.runs:
-            changed = run.name not in wanted or _plain(wanted[run.name].overrides) != run.overrides
+            changed = changed_run(run)
             if changed and run.state in states.ACTIVE_STATES:
                 raise SpecError(
                     f"run {run.name!r} of study {spec.name!r} is {run.state} (job {run.job_id}); "
@@ -101,7 +112,7 @@ def plan_study(
             if current is None:
                 session.add(_run_row(existing, job))
                 continue
-            if _plain(job.overrides) == current.overrides:
+            if not changed_run(current):
                 current.position = job.position
                 continue
             to_move.append(Path(current.work_dir))
@@ -144,21 +155,34 @@ def _run_row(study: store.Study, job: JobSpec) -> store.Run:
         features=list(job.features),
         overrides=_plain(job.overrides),
         work_dir=job.work_dir,
+        stage=job.stage,
+        tuning=_plain(job.tuning) if job.tuning is not None else None,
     )
 
 
 def jobs_of(study: store.Study) -> list[JobSpec]:
-    """The JobSpecs of a study as recorded in the database (what submit runs)."""
-    return [
-        JobSpec(
-            study=study.name,
-            name=r.name,
-            variant=r.variant,
-            seed=r.seed,
-            position=r.position,
-            features=tuple(r.features),
-            overrides=dict(r.overrides),
-            work_dir=r.work_dir,
+    """The JobSpecs of a study as recorded in the database (what submit runs): an evaluation
+    run of a tuned study runs at the values its variant's tuning chose (none yet: it waits)."""
+    jobs = []
+    for r in study.runs:
+        overrides = dict(r.overrides)
+        chosen = (r.tuning or {}).get("chosen") if r.stage == EVAL else None
+        if chosen:
+            seed, work_dir = overrides.pop("system.seed"), overrides.pop("system.work_dir")
+            overrides.update(chosen)
+            overrides["system.seed"], overrides["system.work_dir"] = seed, work_dir
+        jobs.append(
+            JobSpec(
+                study=study.name,
+                name=r.name,
+                variant=r.variant,
+                seed=r.seed,
+                position=r.position,
+                features=tuple(r.features),
+                overrides=overrides,
+                work_dir=r.work_dir,
+                stage=r.stage,
+                tuning=dict(r.tuning) if r.tuning is not None else None,
+            )
         )
-        for r in study.runs
-    ]
+    return jobs

@@ -26,11 +26,9 @@ full config against its cross-key rules) before anything is recorded, run or sub
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +36,12 @@ from reatt.errors import ConfigError, SpecError
 from reatt.executors.base import NAME_RE
 from reatt.executors.slurm.settings import SlurmSettings, check_settings
 from reatt.rundir import is_number
+from reatt.study.jobs import JobSpec, expand_matrix, study_jobs
+from reatt.study.tune import PRUNE_KEYS, TuneSpec, parse_tune
 from reatt.training.config import (
     check_config,
     coerce,
     flatten,
-    format_value,
     get_default_config,
     shown,
 )
@@ -62,30 +61,6 @@ DEFAULT_SEED = SCHEMA["system.seed"].default  # one seed, the training default, 
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """One job: a variant at one seed, with everything needed to run it."""
-
-    study: str
-    name: str  # unique in the study: the variant, plus -s<seed> when the study has several seeds
-    variant: str
-    seed: int
-    position: int  # order in the plan, and the task id in a job array
-    features: tuple[str, ...]
-    overrides: dict[str, Any]  # flat; base, then features, then the run's own, then seed and work_dir
-    work_dir: str  # absolute
-
-    def argv(self) -> list[str]:
-        """Arguments of ``python -m reatt.train`` for this job."""
-        return [f"--{k}={format_value(k, v)}" for k, v in self.overrides.items()]
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["features"] = list(self.features)
-        d["argv"] = self.argv()
-        return d
-
-
-@dataclass(frozen=True)
 class StudySpec:
     """A parsed, validated spec file."""
 
@@ -101,6 +76,7 @@ class StudySpec:
     out_dir: str  # absolute
     slurm: SlurmSettings
     raw: dict[str, Any]  # the parsed TOML
+    tune: TuneSpec | None = None  # [tune]: each variant tuned on its own before it is evaluated
 
     @property
     def spec_hash(self) -> str:
@@ -112,65 +88,17 @@ class StudySpec:
         return expand_matrix(self.matrix, list(self.features), self.runs)
 
     def jobs(self, name: str | None = None, out_dir: str | None = None) -> list[JobSpec]:
-        """Every variant x seed as a JobSpec; ``name``/``out_dir`` override the study's
-        (a new version of a study gets its own name and directory)."""
-        study = name or self.name
-        root = Path(out_dir or self.out_dir)
-        several = len(self.seeds) > 1
-        jobs = []
-        for position, (variant, seed) in enumerate(itertools.product(self.variants(), self.seeds)):
-            vname, feats, extra = variant
-            run_name = f"{vname}-s{seed}" if several else vname
-            overrides: dict[str, Any] = dict(self.base)
-            for f in feats:
-                overrides.update(self.features[f])
-            overrides.update(extra)
-            overrides["system.seed"] = seed
-            overrides["system.work_dir"] = str(root / study / run_name)
-            jobs.append(
-                JobSpec(
-                    study=study,
-                    name=run_name,
-                    variant=vname,
-                    seed=seed,
-                    position=position,
-                    features=feats,
-                    overrides=overrides,
-                    work_dir=overrides["system.work_dir"],
-                )
-            )
-        return jobs
-
-
-def expand_matrix(
-    matrix: str, features: Sequence[str], runs: dict[str, dict[str, Any]] | None = None
-) -> list[tuple[str, tuple[str, ...], dict[str, Any]]]:
-    """The variants of a matrix as (name, features on, extra overrides).
-
-    - standard: baseline, one run per feature, and all features on ("all"; left out when
-      there is a single feature, where it would repeat that feature's run);
-    - leave-one-out: all on, then all on minus each feature ("no-<feature>");
-    - factorial: every combination, "baseline" for none, else the features joined by "+";
-    - list: the spec's ``[runs.<name>]`` tables, each with ``features`` and optional ``set``.
-    """
-    feats = tuple(features)
-    out: list[tuple[str, tuple[str, ...]]]
-    if matrix == "standard":
-        out = [("baseline", ())] + [(f, (f,)) for f in feats]
-        if len(feats) > 1:
-            out.append(("all", feats))
-    elif matrix == "leave-one-out":
-        out = [("all", feats)] + [(f"no-{f}", tuple(g for g in feats if g != f)) for f in feats]
-    elif matrix == "factorial":
-        out = []
-        for r in range(len(feats) + 1):
-            for combo in itertools.combinations(feats, r):
-                out.append(("+".join(combo) or "baseline", combo))
-    elif matrix == "list":
-        return [(name, tuple(r["features"]), dict(r["set"])) for name, r in (runs or {}).items()]
-    else:
-        raise ValueError(f"unknown matrix {matrix!r}")
-    return [(name, combo, {}) for name, combo in out]
+        """Every job of the plan (``reatt.study.jobs.study_jobs``); ``name``/``out_dir``
+        override the study's (a new version of a study gets its own name and directory)."""
+        return study_jobs(
+            name or self.name,
+            Path(out_dir or self.out_dir),
+            self.variants(),
+            self.seeds,
+            self.base,
+            self.features,
+            self.tune,
+        )
 
 
 def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
@@ -181,6 +109,10 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> dict[str, Any]:
         if key in PLAN_KEYS:
             raise SpecError(
                 f"{where}: {key} is set by reatt plan (the seeds list and out/<study>/<run>); remove it"
+            )
+        if key in PRUNE_KEYS:
+            raise SpecError(
+                f"{where}: {key} is set by reatt plan for tuning runs ([tune] prune_margin, prune_after)"
             )
         try:
             out[key] = coerce(key, value)
@@ -223,11 +155,11 @@ def load_spec(path: str | Path) -> StudySpec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML: {e}") from None
-    unknown = set(raw) - {"study", "base", "features", "runs", "slurm"}
+    unknown = set(raw) - {"study", "base", "features", "runs", "tune", "slurm"}
     if unknown:
         raise SpecError(
             f"{where}: unknown table(s) {', '.join(sorted(unknown))}; "
-            "valid: [study], [base], [features], [runs], [slurm]"
+            "valid: [study], [base], [features], [runs], [tune], [slurm]"
         )
     st = _table(raw, "study", where)
     known_study = {"name", "description", "matrix", "seeds", "reference", "out_dir"}
@@ -325,6 +257,14 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(
             f"{where}: [study] reference = {reference!r} is not a run; runs: {', '.join(variant_names)}"
         )
+    set_by: dict[str, set[str]] = {}
+    for fname, fover in features.items():
+        for key in fover:
+            set_by.setdefault(key, set()).add(f"feature {fname!r}")
+    for rname, rdef in runs.items():
+        for key in rdef["set"]:
+            set_by.setdefault(key, set()).add(f"run {rname!r}")
+    tune = parse_tune(raw.get("tune"), base, set_by, tuple(seeds), where)
     slurm = SlurmSettings.from_table(_table(raw, "slurm", where), where + ": ")
     try:
         check_settings(slurm)
@@ -344,7 +284,14 @@ def load_spec(path: str | Path) -> StudySpec:
         out_dir=str(Path(out_dir).expanduser().resolve()),
         slurm=slurm,
         raw=raw,
+        tune=tune,
     )
+    names = [j.name for j in spec.jobs()]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise SpecError(
+            f"{where}: several jobs would be named {', '.join(map(repr, clash))}; rename the run(s)"
+        )
     _check_full_configs(spec, where)
     return spec
 

@@ -46,7 +46,11 @@ from reatt.rundir import FinalRecord
 from reatt.states import PLANNED, Evidence, RunState
 from reatt.transitions import next_state
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# what each older schema version lacks: the columns added since, created in place on open
+UPGRADES: dict[int, tuple[tuple[str, str, str], ...]] = {
+    1: (("runs", "stage", "VARCHAR(16)"), ("runs", "tuning", "JSON")),  # [tune] (version 2)
+}
 DEFAULT_DB = "results.db"
 
 
@@ -96,6 +100,11 @@ class Run(Base):
     features: Mapped[list[Any]]
     overrides: Mapped[dict[str, Any]]  # flat "key": value, the run's full set (seed, work_dir too)
     work_dir: Mapped[str]
+    # a tuned study's "tune" (stage 1) or "eval" (stage 2) run; None in a study without [tune]
+    stage: Mapped[str | None] = mapped_column(String(16))
+    # a tuning run: {"candidate": {...}}; an evaluation run once chosen: {"chosen": {...},
+    # "why": "...", ...} (reatt.study.selection)
+    tuning: Mapped[dict[str, Any] | None]
     # --- execution ---
     state: Mapped[str] = mapped_column(String(32), default=PLANNED)
     state_reason: Mapped[str | None] = mapped_column(Text)
@@ -181,6 +190,9 @@ def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) ->
             if "meta" in existing:
                 row = session.get(Meta, "schema_version")
                 found = row.value if row else None
+                if row is not None and found in {str(v) for v in UPGRADES}:
+                    _upgrade(conn, row)
+                    found = row.value
                 if found != str(SCHEMA_VERSION):
                     raise DatabaseError(
                         f"{shown}: schema version {found}, but this reatt uses version {SCHEMA_VERSION}; "
@@ -195,6 +207,20 @@ def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) ->
         why = getattr(e, "orig", None) or e
         raise DatabaseError(f"cannot open database {shown}: {masked(str(why), url)}") from None
     return engine
+
+
+def _upgrade(conn: Any, row: Meta) -> None:
+    """Bring an older schema to this version in place (inside the opening transaction: all of
+    it or nothing): its rows keep their values, the new columns start empty. A newer schema is
+    refused by the caller, never downgraded."""
+    from sqlalchemy import text
+
+    version = int(row.value)
+    while version < SCHEMA_VERSION:
+        for table, column, kind in UPGRADES[version]:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+        version += 1
+    row.value = str(version)
 
 
 def shown_url(url: str) -> str:

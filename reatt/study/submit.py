@@ -9,48 +9,22 @@ later leaves what was started known, and a ``reatt status`` in another terminal 
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Engine, update
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from reatt import rundir, states
-from reatt.errors import DatabaseError, StudyError
+from reatt.errors import StudyError
 from reatt.executors.base import Executor, Job
-from reatt.files import utc_now
-from reatt.states import Archived, Claimed, Evidence, Released, RunState
 from reatt.study import store
+from reatt.study.launch import DB_RETRY_S, LaunchSession, SubmitResult, forget
 from reatt.study.plan import jobs_of
+from reatt.study.selection import needs_collect, record_choices
 from reatt.study.status import place_of, refresh
-from reatt.transitions import next_state
+from reatt.study.tune import EVAL, TUNE
 
-DB_RETRY_S = 600.0  # how long a state change waits for a database another command holds
-
-
-@dataclass
-class SubmitResult:
-    """What ``submit`` did, run names in plan order."""
-
-    study: str
-    executor: str  # its kind: "local" or "slurm"
-    waits: bool  # the executor waited for the jobs to end (their outcomes are below)
-    dry_run: bool = False
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run, state or why it was taken)
-    previews: list[tuple[str | None, str]] = field(default_factory=list)  # dry run: (script path, text)
-    scripts: list[str] = field(default_factory=list)  # the scripts submitted or written
-    archived: list[tuple[str, str]] = field(default_factory=list)  # --force: (run dir, moved to)
-    submitted: list[tuple[str, str]] = field(default_factory=list)  # (run, job id)
-    completed: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (run, reason)
-    interrupted: list[str] = field(default_factory=list)  # stopped by a signal; submit again to resume
-    diverged: list[tuple[str, str]] = field(default_factory=list)  # (run, where its loss became non-finite)
-    not_started: list[str] = field(default_factory=list)  # selected, but Ctrl-C came first
+__all__ = ["LaunchSession", "SubmitResult", "select_runs", "submit"]
 
 
 def select_runs(
@@ -93,266 +67,80 @@ def submit(
     gone. ``dry_run`` starts nothing and returns what would run (scripts are written). A failed
     run does not stop the others. Returns when the executor's launch returns: when every job has
     ended (local), or once they are all queued (Slurm).
+
+    A tuned study runs in two stages (``reatt.study.selection``): an evaluation run starts only
+    once its variant's tuning runs have ended, been collected and chosen from. An executor that
+    waits for its jobs (local) runs both stages in one submit; a queuing one (Slurm) submits
+    stage 1, and a later submit, once those jobs have ended, stage 2 (a follow-up submit rather
+    than ``--dependency=afterok``: the value stage 2 runs at is only known from stage 1's results,
+    and afterok would leave stage 2 queued forever behind one failed tuning run).
     """
     name, _ = refresh(engine, study)
     with store.transaction(engine) as session:
-        st = store.get_study(session, name)
-        chosen, skipped = select_runs(list(st.runs), resubmit_failed=resubmit_failed, force=force)
-        by_name = {j.name: j for j in jobs_of(st)}
-        selected = sorted(((by_name[r.name], r) for r in chosen), key=lambda pair: pair[0].position)
-        place = place_of(st)
-    executor.check(place)  # bad options are refused whether or not anything is to be started
-    result = SubmitResult(name, executor.kind, executor.waits, dry_run=dry_run, skipped=list(skipped))
-    jobs = [job for job, _ in selected]
-    if not jobs:
-        return result
-    if dry_run:
-        result.previews = [(p.path, p.text) for p in executor.preview(place, jobs)]
-        result.scripts = [p for p, _ in result.previews if p is not None]
-        return result
-    # a claiming executor (local) holds its runs for as long as they train: its records wait
-    # for a database another command holds; a queuing one (Slurm) fails fast and cancels the
-    # job it could not record
-    retry_s = DB_RETRY_S if executor.claims else 0.0
-    hooks = LaunchSession(engine, executor.kind, force, selected, result, retry_s=retry_s)
-    executor.launch(place, jobs, hooks)
-    hooks.finish(jobs)
+        tuned = any(r.stage == TUNE for r in store.get_study(session, name).runs)
+    if tuned and force and not dry_run:
+        _start_over(engine, name)  # every run and every choice: stage 1 runs first again
+        force = False
+    result: SubmitResult | None = None
+    launched: list[Job] = []
+    hooks: LaunchSession | None = None
+    rounds = 2 if tuned and executor.waits and not dry_run else 1
+    for _round in range(rounds):
+        waiting: dict[str, str] = {}
+        if tuned:
+            with store.transaction(engine) as session:
+                collect_first = needs_collect(list(store.get_study(session, name).runs))
+            if collect_first:
+                from reatt.study.collect import collect
+
+                collect(engine, study=name)
+            waiting = record_choices(engine, name)
+        with store.transaction(engine) as session:
+            st = store.get_study(session, name)
+            chosen, skipped = select_runs(list(st.runs), resubmit_failed=resubmit_failed, force=force)
+            by_name = {j.name: j for j in jobs_of(st)}
+            done = {job.name for job in launched}
+            selected = sorted(
+                ((by_name[r.name], r) for r in chosen if r.name not in waiting and r.name not in done),
+                key=lambda pair: pair[0].position,
+            )
+            skipped = [(n, s) for n, s in skipped if n not in done]
+            skipped += [(r.name, f"stage 2 {waiting[r.name]}") for r in chosen if r.name in waiting]
+            place = place_of(st)
+        executor.check(place)  # bad options are refused whether or not anything is to be started
+        if result is None:
+            result = SubmitResult(name, executor.kind, executor.waits, dry_run=dry_run)
+        result.skipped = skipped
+        jobs = [job for job, _ in selected]
+        if not jobs:
+            break
+        if dry_run:
+            result.previews = [(p.path, p.text) for p in executor.preview(place, jobs)]
+            result.scripts = [p for p, _ in result.previews if p is not None]
+            return result
+        # a claiming executor (local) holds its runs for as long as they train: its records wait
+        # for a database another command holds; a queuing one (Slurm) fails fast and cancels the
+        # job it could not record
+        retry_s = DB_RETRY_S if executor.claims else 0.0
+        hooks = LaunchSession(engine, executor.kind, force, selected, result, retry_s=retry_s)
+        executor.launch(place, jobs, hooks)
+        launched += jobs
+    if hooks is not None:
+        hooks.finish(launched)
+    assert result is not None
     return result
 
 
-@dataclass(frozen=True)
-class _Seen:
-    """A run's row as the selection saw it: a claim requires it unchanged, a release restores it."""
-
-    state: str
-    state_reason: str | None
-    executor: str | None
-    job_id: str | None
-    sbatch_path: str | None
-    submitted_at: Any
-
-    @classmethod
-    def of(cls, run: store.Run) -> _Seen:
-        return cls(run.state, run.state_reason, run.executor, run.job_id, run.sbatch_path, run.submitted_at)
-
-
-class LaunchSession:
-    """The hooks an executor's launch reports through (``executors.base.Launch``): each call
-    records at once, in a transaction of its own; pool threads may call them concurrently."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        kind: str,
-        force: bool,
-        selected: Sequence[tuple[Job, store.Run]],
-        result: SubmitResult,
-        *,
-        retry_s: float = DB_RETRY_S,
-    ) -> None:
-        """``selected``: each job to launch with its run's row as the selection saw it (the
-        executor of ``kind`` runs them; ``force``: their old directories are moved aside);
-        ``result`` is filled as they go; a record waits up to ``retry_s`` for a locked database."""
-        self.engine, self.kind, self.force, self.result = engine, kind, force, result
-        self.retry_s = retry_s
-        self.rows = {job.name: (run.id, _Seen.of(run)) for job, run in selected}
-        self.claims: dict[str, str] = {}  # run -> the job id it was claimed with
-        self.moved: dict[str, str] = {}  # claimed run -> where --force moved its old directory
-        self.done: set[str] = set()  # runs launched, ended or taken
-        self.lock = threading.Lock()  # the result is filled from pool threads
-
-    def claim(self, job: Job, job_id: str) -> str | None:
-        """One atomic conditional UPDATE to ``pending`` (with ``job_id``, the launcher's own, until
-        the job starts), applied only if the run's state and job id are still what the selection
-        saw. None if it is ours; else what another command made of the run meanwhile."""
-        run_id, seen = self.rows[job.name]
-        t = store.Run
-        claimed = next_state(RunState(seen.state, seen.state_reason), Claimed())
-        same_job = t.job_id.is_(None) if seen.job_id is None else t.job_id == seen.job_id
-        sql = (
-            update(t)
-            .where(t.id == run_id, t.state == seen.state, same_job)
-            .values(
-                state=claimed.state,
-                state_reason=claimed.reason,
-                executor=self.kind,
-                job_id=job_id,
-                sbatch_path=None,
-                submitted_at=utc_now(),
-            )
-            .execution_options(synchronize_session=False)
-        )
-
-        def attempt(session: Session) -> str | None:
-            if session.execute(sql).rowcount == 1:  # type: ignore[attr-defined]
-                return None
-            run = session.get(store.Run, run_id)
-            if run is None:
-                return "dropped from the plan"
-            return f"{run.state}" + (f", job {run.job_id}" if run.job_id else "")
-
-        taken = self._in_transaction(attempt)
-        with self.lock:
-            if taken is None:
-                self.claims[job.name] = job_id
-                return None
-            why = f"taken by another command ({taken})"
-            self.result.skipped.append((job.name, why))
-            self.done.add(job.name)
-            return why
-
-    def release(self, job: Job) -> None:
-        """Undo our claim of a run that was not started; a no-op if it is no longer ours."""
-        run_id, seen = self.rows[job.name]
-        with self.lock:
-            job_id = self.claims.pop(job.name, None)
-            moved = self.moved.pop(job.name, None)
-        if job_id is None:
-            return
-        if moved is not None:  # its old directory is gone: it starts over, whatever it was
-
-            def start_over(run: store.Run) -> None:
-                if run.state == states.PENDING and run.job_id == job_id:  # still our claim
-                    _forget(run, moved, claimed=False)
-
-            self._update(job.name, start_over)
-            return
-        t = store.Run
-        back = next_state(RunState(states.PENDING), Released(RunState(seen.state, seen.state_reason)))
-        sql = (
-            update(t)
-            .where(t.id == run_id, t.state == states.PENDING, t.job_id == job_id)
-            .values(
-                state=back.state,
-                state_reason=back.reason,
-                executor=seen.executor,
-                job_id=seen.job_id,
-                sbatch_path=seen.sbatch_path,
-                submitted_at=seen.submitted_at,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        self._in_transaction(lambda session: session.execute(sql))
-
-    def archive(self, job: Job) -> Path | None:
-        """``--force``: move the run's old directory aside. Its results are forgotten, and an
-        unclaimed run is planned again, at once; a claimed run's are forgotten with its next
-        record (started, ended), so that its launcher never waits for the database while it
-        starts the job."""
-        if not self.force:
-            return None
-        moved = rundir.archive(Path(job.work_dir))
-        if moved is None:
-            return None
-        with self.lock:
-            self.result.archived.append((job.work_dir, str(moved)))
-            claimed = job.name in self.claims
-            if claimed:
-                self.moved[job.name] = str(moved)
-        if not claimed:
-            self._update(job.name, lambda run: _forget(run, str(moved), claimed=False))
-        return moved
-
-    def launched(
-        self, jobs: Sequence[Job], job_ids: Sequence[str], evidence: Evidence, script: str | None
-    ) -> None:
-        now = utc_now()
-
-        with self.lock:
-            moved = {job.name: self.moved.get(job.name) for job in jobs}
-
-        def record(session: Session) -> None:
-            for job, job_id in zip(jobs, job_ids, strict=True):
-                run = session.get(store.Run, self.rows[job.name][0])
-                if run is None:  # dropped from the plan meanwhile (plan --force)
-                    continue
-                if moved[job.name] is not None:
-                    _forget(run, str(moved[job.name]), claimed=True)
-                run.job_id, run.executor, run.sbatch_path, run.submitted_at = (
-                    job_id or None,
-                    self.kind,
-                    script,
-                    now,
-                )
-                store.advance(run, evidence)
-
-        self._in_transaction(record)  # may run ``record`` again: it keeps nothing between tries
-        with self.lock:
-            for job, job_id in zip(jobs, job_ids, strict=True):
-                self.moved.pop(job.name, None)
-                self.claims.pop(job.name, None)
-                self.done.add(job.name)
-                self.result.submitted.append((job.name, job_id))
-            if script is not None and script not in self.result.scripts:
-                self.result.scripts.append(script)
-
-    def ended(self, job: Job, evidence: Evidence) -> RunState:
-        outcome: list[RunState] = []
-        with self.lock:
-            moved = self.moved.get(job.name)
-
-        def record(run: store.Run) -> None:
-            if moved is not None:
-                _forget(run, moved, claimed=True)
-            outcome[:] = [store.advance(run, evidence)]  # the try that committed
-
-        self._update(job.name, record)
-        new = outcome[0] if outcome else next_state(RunState(states.PENDING), evidence)
-        with self.lock:
-            self.moved.pop(job.name, None)
-            self.claims.pop(job.name, None)
-            self.done.add(job.name)
-            if new.state == states.COMPLETED:
-                self.result.completed.append(job.name)
-            elif new.state == states.INTERRUPTED:
-                self.result.interrupted.append(job.name)
-            elif new.state == states.DIVERGED:
-                self.result.diverged.append((job.name, new.reason or new.state))
-            else:
-                self.result.failed.append((job.name, new.reason or new.state))
-        return new
-
-    def finish(self, jobs: Sequence[Job]) -> None:
-        """After the launch: the runs never started, and every list in plan order."""
-        order = {job.name: i for i, job in enumerate(jobs)}
-        r = self.result
-        r.not_started = [job.name for job in jobs if job.name not in self.done]
-        r.completed.sort(key=order.__getitem__)
-        r.interrupted.sort(key=order.__getitem__)
-        for pairs in (r.failed, r.diverged, r.submitted, r.skipped):
-            pairs.sort(key=lambda pair: order.get(pair[0], -1))
-
-    def _update(self, name: str, change: Callable[[store.Run], None]) -> None:
-        """Apply ``change`` to the run's row in a transaction of its own."""
-
-        def apply(session: Session) -> None:
-            run = session.get(store.Run, self.rows[name][0])
-            if run is not None:  # None: dropped from the plan meanwhile (plan --force)
-                change(run)
-
-        self._in_transaction(apply)
-
-    def _in_transaction(self, fn: Callable[[Session], Any]) -> Any:
-        """``fn(session)`` in a transaction of its own, committed at once; its result.
-
-        Another reatt command may hold the database for a while (a collect writes all its
-        rows in one transaction); SQLite's busy timeout waits 30 s, and this keeps trying for
-        ``retry_s``, so a long collect never costs a local run its recorded state."""
-        deadline = time.monotonic() + self.retry_s
-        while True:
-            try:
-                with store.transaction(self.engine) as session:
-                    return fn(session)
-            except (OperationalError, DatabaseError) as e:  # store.transaction wraps the first
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
-
-
-def _forget(run: store.Run, moved: str, *, claimed: bool) -> None:
-    """The run starts over in a new directory: nothing collected from the old one (results,
-    metrics rows, files fingerprint) is kept on it; unclaimed, it is planned again."""
-    store.advance(run, Archived(moved, claimed))
-    if not claimed:
-        run.job_id = None
-    store.clear_results(run)  # they belong to the directory moved aside
+def _start_over(engine: Engine, name: str) -> None:
+    """``--force`` in a tuned study: every run's directory moved aside, its results and every
+    choice of stage 2 forgotten, before anything starts (stage 2 must wait for the new stage 1).
+    Refused while a run is active, as ``select_runs`` says."""
+    with store.transaction(engine) as session:
+        runs = list(store.get_study(session, name).runs)
+        select_runs(runs, resubmit_failed=False, force=True)
+        for run in runs:
+            moved = rundir.archive(Path(run.work_dir))
+            if moved is not None or run.state != states.PLANNED:
+                forget(run, str(moved) if moved is not None else "nowhere (it had none)", claimed=False)
+            if run.stage == EVAL:
+                run.tuning = None

@@ -273,6 +273,8 @@ def check_config(cfg: CfgNode) -> None:
         "trainer.weight_decay": t.weight_decay,
         "trainer.grad_norm_clip": t.grad_norm_clip,
         "trainer.min_lr": t.min_lr,
+        "trainer.prune_margin": t.prune_margin,
+        "trainer.prune_after": t.prune_after,
         "system.num_threads": cfg.system.num_threads,
     }
     errors += [f"{k}={v!r} must be >= 0" for k, v in non_negative.items() if v < 0]

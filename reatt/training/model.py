@@ -16,6 +16,7 @@ The lm_head is a separate Linear, not tied to the token embedding (as in minGPT)
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -148,8 +149,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT language model. ``config`` is the ``model`` node of the config tree."""
 
-    def __init__(self, config: CfgNode, vocab_size: int, block_size: int) -> None:
+    def __init__(self, config: CfgNode, vocab_size: int, block_size: int, seed: int = 0) -> None:
+        """``seed`` (the run's system.seed) seeds each parameter's init on its own."""
         super().__init__()
+        rng_before = torch.get_rng_state()  # the layers' default init draws from it: undone below
         self.config = config
         self.n_layer, self.n_head, self.n_embd = model_dims(config)
         self.vocab_size, self.block_size = vocab_size, block_size
@@ -161,26 +164,36 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config, d, self.n_head, block_size) for _ in range(self.n_layer))
         self.ln_f = make_norm(config, d)
         self.lm_head = nn.Linear(d, vocab_size, bias=False)
-        self.apply(self._init_weights)
-        # GPT-2's scaled init of the projections that write into the residual stream
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.n_layer))
+        self._init_parameters(seed)
+        torch.set_rng_state(rng_before)
+        self.init_fingerprint = {
+            name: "x".join(map(str, p.shape))
+            + ":"
+            + hashlib.sha256(p.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+            for name, p in self.named_parameters()
+        }
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+    @torch.no_grad()
+    def _init_parameters(self, seed: int) -> None:
+        """GPT-2's init (normal 0.02, the residual projections scaled by 1/sqrt(2 n_layer), norms
+        at one, biases at zero), each parameter drawn from a generator seeded by (seed, its
+        name): variants of one seed start from the same values wherever their architectures
+        agree (RoPE drops the position table, SwiGLU changes the MLP: nothing else moves), which
+        is what makes a comparison paired by seed tight."""
+        for module_name, module in self.named_modules():
+            for pname, p in module.named_parameters(recurse=False):
+                name = f"{module_name}.{pname}" if module_name else pname
+                digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+                gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
+                if isinstance(module, nn.LayerNorm | RMSNorm):
+                    nn.init.ones_(p) if pname == "weight" else nn.init.zeros_(p)
+                elif pname == "bias":
+                    nn.init.zeros_(p)
+                elif isinstance(module, nn.Linear | nn.Embedding):
+                    std = 0.02 / math.sqrt(2 * self.n_layer) if name.endswith("c_proj.weight") else 0.02
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+                else:
+                    raise TypeError(f"GPT init: no rule for parameter {name} of {type(module).__name__}")
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; ``non_embedding`` leaves out the token and position tables
@@ -276,4 +289,5 @@ class GPT(nn.Module):
             "n_params": self.num_params(),
             "n_params_non_embedding": self.num_params(non_embedding=True),
             "flops_per_token": self.flops_per_token(),
+            "init": dict(self.init_fingerprint),  # parameter -> "shape:sha256[:16]" at init
         }

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,6 +29,7 @@ from reatt.rundir import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PRUNED,
     EXIT_USAGE,
     FinalRecord,
     LossLog,
@@ -36,6 +38,7 @@ from reatt.rundir import (
 from reatt.training.checkpoint import load_checkpoint, restore, save_checkpoint
 from reatt.training.config import CfgNode, check_config, get_default_config
 from reatt.training.progress import TrainProgress, print_help
+from reatt.training.pruning import prune_reason
 from reatt.training.workdir import (
     DATA_IDENTITY,
     check_same_data,
@@ -77,6 +80,7 @@ class TrainingRun:
         self.signal_received: str | None = None
         self.already_completed = False
         self.final_val: float | None = None  # held-out NLL at the last step
+        self.pruned: tuple[int, float, str] | None = None  # (step, held-out NLL, why) once pruned
         self.final_train: float | None = None  # mean train loss of the last logged interval
         self.trainer: Any = None
         self.model_info: dict[str, Any] = {}
@@ -190,7 +194,9 @@ class TrainingRun:
                 "(data.skip_bad_lines=True); the first ones are listed in config.json's meta.data",
                 file=sys.stderr,
             )
-        model = GPT(cfg.model, vocab_size=train_ds.vocab_size, block_size=cfg.data.block_size).to(self.device)
+        model = GPT(
+            cfg.model, vocab_size=train_ds.vocab_size, block_size=cfg.data.block_size, seed=cfg.system.seed
+        ).to(self.device)
         self.model_info = model.describe()
         self.trainer = Trainer(cfg.trainer, model, train_ds, eval_x, eval_y, self.device)
         return train_ds, eval_ds
@@ -247,8 +253,14 @@ class TrainingRun:
                     self.log.write(row)
                 self.progress.message(f"error: {trainer.diverged}; stopped (final.json: diverged)")
                 record = self._final_record(rundir.FINAL_DIVERGED, error=str(trainer.diverged))
-                record.with_diverged_at(trainer.diverged.step).write(self.dir)
+                replace(record, diverged_at=trainer.diverged.step).write(self.dir)
                 return EXIT_DIVERGED
+            if self.pruned is not None:  # behind a sibling candidate: a tuning result, not a failure
+                step, val, why = self.pruned
+                self.progress.message(f"{why}; stopped (final.json: pruned)")
+                record = self._final_record(rundir.FINAL_PRUNED, error=why)
+                replace(record, final_nll=val, pruned_at=step).write(self.dir)
+                return EXIT_PRUNED
             if self.signal_received is not None and trainer.iter_num < cfg.trainer.max_iters:
                 self._save_checkpoint()
                 self.progress.message(
@@ -285,6 +297,11 @@ class TrainingRun:
             self.progress.update(step, loss, val, trainer.lr, tok_s)
         if trainer.diverged is not None:  # no sample or checkpoint of a diverged model
             return
+        if evaluate and not last and val is not None:
+            why = prune_reason(tc, step, val)
+            if why is not None:
+                self.pruned, trainer.stop = (step, val, why), True
+                return
         if tc.sample_interval and step % tc.sample_interval == 0:
             self._sample(step)
         if tc.ckpt_interval and step % tc.ckpt_interval == 0 and not last:

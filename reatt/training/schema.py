@@ -121,6 +121,15 @@ SCHEMA: dict[str, Key] = {
     "trainer.ckpt_interval": Key(
         250, "save ckpt.pt every this many steps (0: only on a signal and at the end)"
     ),
+    "trainer.prune_margin": Key(
+        0.0,
+        "tuning: stop (final.json 'pruned', exit 4) once the held-out NLL is this many nats above a "
+        "sibling's at the same step (0: never; reatt plan sets it from [tune])",
+    ),
+    "trainer.prune_after": Key(0, "tuning: only evaluations at this step or later may prune"),
+    "trainer.prune_siblings": Key(
+        "", "tuning: the sibling candidates' run dirs, separated by os.pathsep (set by reatt plan)"
+    ),
     "trainer.compile": Key(False, "torch.compile the model"),
     "trainer.amp": Key(True, "bf16 autocast on CUDA (ignored on CPU)"),
 }
