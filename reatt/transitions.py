@@ -57,8 +57,8 @@ from reatt.states import (
 
 
 def final_state(final: FinalFile) -> RunState:
-    """What a final.json says: completed, diverged (where), or failed with its error (also when
-    it cannot be read)."""
+    """What a final.json says: completed, diverged (where), pruned (where, behind which
+    sibling), or failed with its error (also when it cannot be read)."""
     if final.record is None:
         return RunState(FAILED, final.problem)
     if final.record.completed:

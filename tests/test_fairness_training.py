@@ -4,6 +4,7 @@ run, and a tuned study through `reatt submit` (both stages), collect and report.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import textwrap
@@ -16,8 +17,8 @@ from reatt import rundir, states
 from reatt.executors.local import LocalExecutor
 from reatt.report.build import COL_VARIANT, build_report
 from reatt.report.fair import COL_CHOSEN, COL_VERDICT
-from reatt.rundir import EXIT_PRUNED
-from reatt.states import RunState
+from reatt.rundir import EXIT_PRUNED, FinalRecord
+from reatt.states import Collected, DirMissing, Elsewhere, Ended, Exited, Files, Gone, RunState
 from reatt.study import store as db
 from reatt.study.plan import plan_study
 from reatt.study.spec import load_spec
@@ -25,7 +26,7 @@ from reatt.study.submit import submit
 from reatt.train import main
 from reatt.training.config import get_default_config
 from reatt.training.model import GPT
-from reatt.transitions import final_state
+from reatt.transitions import final_state, next_state
 
 TINY = [
     "--data.block_size=32",
@@ -61,7 +62,11 @@ def test_variants_of_a_seed_share_their_init_wherever_the_architecture_agrees() 
     seed2 = dict(model(2).named_parameters())
     assert not torch.equal(base["h.0.attn.c_attn.weight"], seed2["h.0.attn.c_attn.weight"])
     assert torch.equal(base["ln_f.weight"], seed2["ln_f.weight"])  # ones, whatever the seed
-    # the recorded fingerprints say the same
+    # the recorded fingerprints say the same, parameter by parameter
+    for on in ({"rope": True}, {"swiglu": True}, {"rmsnorm": True}):
+        a, b = model(1).init_fingerprint, model(1, **on).init_fingerprint
+        for name in set(a) & set(b):
+            assert (a[name] == b[name]) == (a[name].split(":")[0] == b[name].split(":")[0]), (on, name)
     fp1, fp_rope, fp2 = model(1).init_fingerprint, rope.init_fingerprint, model(2).init_fingerprint
     assert fp1["h.0.mlp.c_fc.weight"] == fp_rope["h.0.mlp.c_fc.weight"]
     assert fp1["h.0.mlp.c_fc.weight"] != fp2["h.0.mlp.c_fc.weight"]
@@ -103,9 +108,49 @@ def test_a_run_far_behind_a_sibling_at_the_same_step_is_pruned(tmp_path: Path) -
     assert steps[-1] == 10 and 0 in steps  # its rows up to the step it stopped
     state = final_state(rundir.read_final(bad))
     assert state == RunState(states.PRUNED, record["error"])
-    # a run ahead of (or level with) its siblings goes on to the end
+    # level with its sibling, or ahead of a worse one: it goes on to the end
     assert main([*TINY, f"--system.work_dir={lucky}", "--trainer.learning_rate=3e-3", *prune]) == 0
     assert json.loads((lucky / rundir.FINAL).read_text())["status"] == "completed"
+    ahead = tmp_path / "ahead"
+    worse = [*prune[:2], f"--trainer.prune_siblings={bad}"]  # bad logged step 10, far above
+    assert main([*TINY, f"--system.work_dir={ahead}", "--trainer.learning_rate=3e-3", *worse]) == 0
+    assert json.loads((ahead / rundir.FINAL).read_text())["status"] == "completed"
+
+
+def test_a_relative_sibling_directory_is_a_config_error(tmp_path: Path, capsys: Any) -> None:
+    wd = tmp_path / "run"
+    code = main(
+        [*TINY, f"--system.work_dir={wd}", "--trainer.prune_margin=0.1", "--trainer.prune_siblings=rel/a"]
+    )
+    assert code == rundir.EXIT_USAGE and not wd.exists()
+    assert "trainer.prune_siblings: 'rel/a' is not an absolute run directory" in capsys.readouterr().err
+
+
+def pruned_files(tmp_path: Path, since: dt.datetime | None = None) -> Files:
+    error = "pruned at step 10: held-out NLL 9.1 is more than 0.05 above 7.2 of sibling good at that step"
+    FinalRecord(rundir.FINAL_PRUNED, final_nll=9.1, steps=10, error=error, pruned_at=10).write(tmp_path)
+    return Files(exists=True, final=rundir.read_final(tmp_path), checkpoint=False, since=since)
+
+
+def test_a_pruned_final_json_is_state_pruned_however_its_end_is_seen(tmp_path: Path) -> None:
+    files = pruned_files(tmp_path)
+    reason = files.final.record.error if files.final and files.final.record else None
+    pruned = RunState(states.PRUNED, reason)
+    running = RunState(states.RUNNING)
+    # Slurm: the job exited 4, sacct says FAILED; the run's own word says pruned
+    assert next_state(running, Ended(states.FAILED, "exit code 4", files)) == pruned
+    # local: the process exited 4
+    exited = Exited(rundir.EXIT_PRUNED, files.final, stale=False, signalled=False)
+    assert next_state(running, exited) == pruned
+    # collect, and the files alone (another host's run, a scheduler gone)
+    assert next_state(running, Collected(live=True, problems=[], files=files)) == pruned
+    assert next_state(running, Gone(files)) == pruned
+    assert next_state(running, Elsewhere("runs on another host", files)) == pruned
+    # a final result: not active, not resubmitted, its directory expected to stay
+    assert states.PRUNED not in states.ACTIVE_STATES | states.RESUBMITTABLE_STATES
+    assert next_state(pruned, DirMissing("no run directory", live=True, collected_before=False)).state == (
+        states.BROKEN
+    )
 
 
 SPEC = """

@@ -53,6 +53,7 @@ mem = "1G"
 signal_seconds = 60
 """
 DONE = {states.COMPLETED, states.FAILED, states.CANCELLED, states.TIMEOUT, states.INTERRUPTED, states.BROKEN}
+DONE |= {states.DIVERGED, states.PRUNED}
 
 
 def setup_study(tmp_path: Path, name: str, runs_toml: str, iters: int = 20, eval_interval: int = 10):
@@ -221,3 +222,38 @@ def test_cancel_stops_a_running_job(slurm_cluster: SlurmCluster, tmp_path: Path)
     statuses, seen = wait_until_done(engine, "it-cancel", timeout=120)
     assert statuses[0].state == "cancelled", seen
     assert status.cancel(engine, "it-cancel") == []
+
+
+def test_a_tuned_study_submits_stage_2_in_a_follow_up_submit(slurm_cluster: SlurmCluster, tmp_path: Path):
+    runs_toml = (
+        "[runs.baseline]\nfeatures = []\n\n[tune]\nseeds = [7]\n"
+        '"trainer.learning_rate" = [5e-4, 3e-3]\nprune_margin = 0\n'
+    )
+    engine = setup_study(tmp_path, "it-tuned", runs_toml)
+    first = submit_cluster(engine, "it-tuned", project_dir=str(REPO_ROOT))
+    # stage 1 is queued; stage 2 is not, and says why
+    assert [n for n, _ in first.submitted] == ["tune-baseline-lr0.0005-s7", "tune-baseline-lr0.003-s7"]
+    assert [n for n, _ in first.skipped] == ["baseline"]
+    assert "stage 2 waits for its tuning: tune-baseline-lr0.0005-s7 is pending" in first.skipped[0][1]
+    assert first.skipped[0][1].endswith("submit again once it has ended")
+    deadline = time.monotonic() + 240
+    while True:
+        _, statuses = status.refresh(engine, "it-tuned")
+        tuning = [s for s in statuses if s.name.startswith("tune-")]
+        if all(s.state in DONE for s in tuning):
+            break
+        assert time.monotonic() < deadline, [(s.name, s.state) for s in statuses]
+        time.sleep(1.0)
+    assert {s.state for s in tuning} == {states.COMPLETED}
+    # the follow-up submit collects stage 1, chooses, and queues stage 2 at the chosen value
+    second = submit_cluster(engine, "it-tuned", project_dir=str(REPO_ROOT))
+    assert [n for n, _ in second.submitted] == ["baseline"]
+    statuses, seen = wait_until_done(engine, "it-tuned")
+    assert {s.state for s in statuses} == {states.COMPLETED}, seen
+    with db.transaction(engine) as session:
+        runs = {r.name: r for r in db.get_study(session, "it-tuned").runs}
+        nll = {lr: runs[f"tune-baseline-lr{lr}-s7"].final_nll for lr in ("0.0005", "0.003")}
+        chosen = runs["baseline"].tuning["chosen"]["trainer.learning_rate"]
+    assert chosen == (5e-4 if nll["0.0005"] <= nll["0.003"] else 3e-3)
+    cfg = json.loads((tmp_path / "out" / "it-tuned" / "baseline" / "config.json").read_text())
+    assert cfg["trainer"]["learning_rate"] == chosen and cfg["system"]["seed"] == 3407

@@ -119,5 +119,5 @@ def _state_colors() -> dict[str, str]:
         states.PREEMPTED: "yellow",
         states.INTERRUPTED: "yellow",
         states.DIVERGED: "magenta",
-        states.PRUNED: "cyan",
+        states.PRUNED: "bright_black",  # set aside by tuning: neither a failure nor a result
     }

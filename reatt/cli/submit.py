@@ -122,7 +122,7 @@ def _print(result: Any) -> None:
     if result.not_started:
         say(", ".join(result.not_started), "not started:", "yellow")
     for name, reason in result.pruned:  # a result of tuning: not a failure
-        say(f"{name}: {reason}", "pruned", "cyan")
+        say(f"{name}: {reason}", "pruned", "bright_black")
     for name, reason in result.diverged:
         say(f"{name}: {reason}", "diverged", "bold magenta")
     for name, reason in result.failed:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def plot_final_nll(report: Report) -> Figure:
     """Left: final held-out NLL per variant (mean ± 1 std over seeds, each seed a hollow dot)
-    with the reference's mean as a dashed line. Right: Δ vs the reference with its 95% CI,
+    with the reference's mean as a dashed line. Right: Δ vs the reference with its CI (Holm step-down level),
     filled where the interval excludes 0. Variants sorted by NLL, best on top."""
     import seaborn as sns
     from matplotlib.figure import Figure
@@ -101,7 +101,10 @@ def plot_final_nll(report: Report) -> Figure:
         ax_d.set_xlabel(f"Δ final NLL vs {ref} (nats/token), < 0 = better")
         if methods:
             how = " / ".join("paired by seed" if m == "paired" else "Welch" for m in methods)
-            ax_d.set_title(f"Difference to {ref}: mean and 95% CI ({how})\nfilled: the CI excludes 0")
+            ax_d.set_title(
+                f"Difference to {ref}: mean and CI ({how}, Holm, family-wise 95%)\n"
+                "filled: the CI excludes 0 (resolved)"
+            )
         else:
             ax_d.set_title(f"Difference to {ref}\n(one seed per variant: no confidence interval)")
         _pad_delta(ax_d, t)

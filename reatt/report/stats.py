@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 CI_LEVEL = 0.95
 
@@ -99,6 +99,7 @@ def _cornish_fisher(p: float, df: float) -> float:
 
 
 def mean(xs: Sequence[float]) -> float:
+    """The arithmetic mean (exactly rounded sum); NaN for no values."""
     return math.fsum(xs) / len(xs) if xs else math.nan
 
 
@@ -156,10 +157,15 @@ def compare(variant: dict[int, float], reference: dict[int, float], level: float
     return welch_diff(list(variant.values()), list(reference.values()), level)
 
 
+def _has_se(diff: Diff) -> bool:
+    """Whether the diff carries what a t interval needs: a t method, a finite se and a df > 0."""
+    return diff.method in ("paired", "Welch") and math.isfinite(diff.se) and diff.df > 0
+
+
 def p_value(diff: Diff) -> float:
     """The two-sided p-value of "Δ = 0" from Student's t with the diff's df; NaN without an
-    interval."""
-    if diff.method not in ("paired", "Welch") or math.isnan(diff.se):
+    interval; with se = 0, 1.0 for a Δ of 0 and 0.0 for any other."""
+    if not _has_se(diff) or math.isnan(diff.delta):
         return math.nan
     if diff.se == 0.0:
         return 1.0 if diff.delta == 0.0 else 0.0
@@ -167,11 +173,12 @@ def p_value(diff: Diff) -> float:
 
 
 def interval(diff: Diff, level: float) -> Diff:
-    """The same difference with its interval at another confidence ``level``."""
-    if diff.method not in ("paired", "Welch") or math.isnan(diff.se):
-        return diff
+    """The same difference with its interval at another confidence ``level``; NaN bounds where it
+    has none (no se to rebuild it from)."""
+    if not _has_se(diff):
+        return replace(diff, low=math.nan, high=math.nan)
     half = 0.0 if diff.se == 0.0 else t_quantile(0.5 + level / 2, diff.df) * diff.se
-    return Diff(diff.delta, diff.delta - half, diff.delta + half, diff.method, diff.df, diff.se)
+    return replace(diff, low=diff.delta - half, high=diff.delta + half)
 
 
 @dataclass(frozen=True)
@@ -184,14 +191,15 @@ class Holm:
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[Holm]:
-    """Holm–Bonferroni over the finite ``p_values`` (NaN ones are not in the family), in input
-    order. Adjusted p(i) = max over j <= i of min(1, (m - j + 1) p(j)), ranks ascending.
+    """Holm–Bonferroni over the finite ``p_values`` (NaN ones are not in the family: their result
+    is NaN, NaN, not rejected), in input order; ties in p keep their input order. Adjusted
+    p(i) = max over j <= i of min(1, (m - j + 1) p(j)), ranks ascending; rejected iff <= alpha.
 
     The levels make each interval agree with its decision: rank i before the first hypothesis
     not rejected (rank k) gets 1 - alpha / (m - i + 1); rank k and every later one get
     1 - alpha / (m - k + 1), where their intervals include 0 (their p is above that level's
     alpha). With m = 1 it is the plain 1 - alpha interval."""
-    family = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    family = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))  # ties: input order
     m = len(family)
     out = [Holm(math.nan, math.nan, False)] * len(p_values)
     running, stopped = 0.0, None
@@ -217,21 +225,35 @@ def min_detectable(sigma: float, n: int, alpha: float = 0.05, power: float = 0.8
 def seeds_needed(
     delta: float, sigma: float, alpha: float = 0.05, power: float = 0.8, max_n: int = 10_000
 ) -> int | None:
-    """The fewest pairs (>= 2) that resolve ``delta`` (see ``min_detectable``); None for a Δ of 0
-    or where more than ``max_n`` would be needed. min_detectable falls with n: bisection."""
+    """The fewest pairs (>= 2) that resolve ``delta`` (see ``min_detectable``): 2 where sigma is
+    0; None for a Δ of 0 or where more than ``max_n`` would be needed."""
     if delta == 0 or math.isnan(delta) or math.isnan(sigma):
         return None
     if sigma == 0:
         return 2
-    if min_detectable(sigma, max_n, alpha, power) > abs(delta):
+
+    def enough(n: int) -> bool:
+        return min_detectable(sigma, n, alpha, power) <= abs(delta)
+
+    return _first_true(enough, 2, max_n)
+
+
+def _first_true(pred: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """The smallest n in [lo, hi] with ``pred(n)`` for a ``pred`` false then true (monotone), or
+    None: doubling from ``lo`` brackets it, bisection finds it (O(log n) calls, most at small n)."""
+    if hi < lo:
         return None
-    lo, hi = 2, max_n  # invariant: hi suffices
-    if min_detectable(sigma, lo, alpha, power) <= abs(delta):
+    if pred(lo):
         return lo
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if min_detectable(sigma, mid, alpha, power) <= abs(delta):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    bad, good = lo, lo
+    while good < hi:  # invariant: pred(bad) is false
+        good = min(2 * good, hi)
+        if pred(good):
+            break
+        bad = good
+    else:
+        return None
+    while good - bad > 1:  # invariant: pred(bad) false, pred(good) true
+        mid = (bad + good) // 2
+        bad, good = (bad, mid) if pred(mid) else (mid, good)
+    return good

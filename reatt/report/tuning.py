@@ -28,13 +28,13 @@ if TYPE_CHECKING:  # pragma: no cover
 TUNING_COLUMNS = ("run", "variant", "seed", "candidate", "x", "final_nll", "state", "shared", "chosen")
 
 
-def chosen_of(eval_runs: Sequence[Any]) -> dict[str, str]:
-    """variant -> its chosen value as text ("trainer.learning_rate=0.002"), where chosen."""
-    out: dict[str, str] = {}
+def chosen_of(eval_runs: Sequence[Any]) -> dict[str, tuple[str, str]]:
+    """variant -> (its chosen value as text, "trainer.learning_rate=0.002", and why), where chosen."""
+    out: dict[str, tuple[str, str]] = {}
     for r in eval_runs:
-        chosen = (r.tuning or {}).get("chosen")
-        if chosen:
-            out.setdefault(r.variant, candidate_text(chosen))
+        tuning = r.tuning or {}
+        if tuning.get("chosen"):
+            out.setdefault(r.variant, (candidate_text(tuning["chosen"]), str(tuning.get("why", ""))))
     return out
 
 
@@ -96,7 +96,7 @@ def shared_diffs(
 
 def tuned_columns(
     table: pd.DataFrame,
-    chosen: dict[str, str],
+    chosen: dict[str, tuple[str, str]],
     shared: tuple[dict[str, Diff], dict[str, int], str],
     notes: list[str],
 ) -> None:
@@ -108,7 +108,7 @@ def tuned_columns(
         table[col] = table[col].astype(object)
     for i, row in table.iterrows():
         v = row["variant"]
-        table.at[i, COL_CHOSEN] = chosen.get(v, "not chosen yet")
+        table.at[i, COL_CHOSEN] = chosen[v][0] if v in chosen else "not chosen yet"
         table.at[i, COL_SHARED_N] = counts.get(v, 0)
         if v in judged:
             j = judged[v]
@@ -121,3 +121,5 @@ def tuned_columns(
         f"seeds); 'Δ at shared value' compares them at {shown or 'the shared value'} (stage 1's "
         "tuning runs, other seeds), Holm-corrected on its own."
     )
+    for v, (_, why) in chosen.items():
+        notes.append(f"{v}: chose {why}.")

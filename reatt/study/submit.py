@@ -125,9 +125,15 @@ def submit(
         hooks = LaunchSession(engine, executor.kind, force, selected, result, retry_s=retry_s)
         executor.launch(place, jobs, hooks)
         launched += jobs
+    assert result is not None
+    if tuned and launched and not executor.waits:  # stage 1 just queued: say so, not "planned"
+        again = "; submit again once it has ended" if executor.kind == "slurm" else ""
+        waiting = record_choices(engine, name)
+        result.skipped = [
+            (n, f"stage 2 {waiting[n]}{again}" if n in waiting else s) for n, s in result.skipped
+        ]
     if hooks is not None:
         hooks.finish(launched)
-    assert result is not None
     return result
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -309,5 +310,8 @@ def check_config(cfg: CfgNode) -> None:
         errors.append(f"trainer.device={dev!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if not cfg.system.work_dir:
         errors.append("system.work_dir must not be empty")
+    relative = [e for e in t.prune_siblings.split(os.pathsep) if e and not os.path.isabs(e)]
+    if relative:  # resolved against wherever the job starts: a sibling silently never found
+        errors.append(f"trainer.prune_siblings: {shown(relative[0])} is not an absolute run directory")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -169,12 +169,13 @@ class JSONLDataset(Dataset):
         }
 
     def order_fingerprint(self, n: int = 64) -> str:
-        """sha256[:16] of the token ids of the first ``n`` samples: the same for every variant of
-        a seed (the order depends on the seed and the data only), recorded to check pairs."""
+        """The first 16 hex of sha256 over the token ids (x, then y) of samples 0..n-1: they
+        depend only on system.seed and the data, so every variant of a seed shows the same
+        value and another seed another one; recorded so that a pair by seed can be checked."""
         h = hashlib.sha256()
         for k in range(n):
-            x, _ = self[k]
-            h.update(x.numpy().astype("<i8").tobytes())
+            for ids in self[k]:
+                h.update(ids.numpy().astype("<i8").tobytes())
         return h.hexdigest()[:16]
 
     # --- samples

@@ -146,13 +146,38 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def param_generator(seed: int, name: str) -> torch.Generator:
+    """The CPU generator a parameter is drawn from: seeded by the first 8 bytes of
+    sha256("<seed>:<name>") (63 bits), so its values depend on the run's seed and its own name
+    only, never on which other parameters a variant has or in what order they are made."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
+
+
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    """ "<shape like 48x64>:<first 16 hex of sha256 of its bytes>": recorded at init, so that two
+    runs can be checked to have started from the same values where their shapes agree."""
+    data = t.detach().cpu().contiguous().numpy().tobytes()
+    return "x".join(map(str, t.shape)) + ":" + hashlib.sha256(data).hexdigest()[:16]
+
+
 class GPT(nn.Module):
     """GPT language model. ``config`` is the ``model`` node of the config tree."""
 
     def __init__(self, config: CfgNode, vocab_size: int, block_size: int, seed: int = 0) -> None:
         """``seed`` (the run's system.seed) seeds each parameter's init on its own."""
         super().__init__()
-        rng_before = torch.get_rng_state()  # the layers' default init draws from it: undone below
+        # the layers' own default init draws from the global RNG (dropout's stream): building
+        # the model gives those draws back, so every variant of a seed trains with the same masks
+        rng_before = torch.get_rng_state()
+        try:
+            self._build(config, vocab_size, block_size)
+        finally:
+            torch.set_rng_state(rng_before)
+        self._init_parameters(seed)
+        self.init_fingerprint = {name: tensor_fingerprint(p) for name, p in self.named_parameters()}
+
+    def _build(self, config: CfgNode, vocab_size: int, block_size: int) -> None:
         self.config = config
         self.n_layer, self.n_head, self.n_embd = model_dims(config)
         self.vocab_size, self.block_size = vocab_size, block_size
@@ -164,34 +189,25 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config, d, self.n_head, block_size) for _ in range(self.n_layer))
         self.ln_f = make_norm(config, d)
         self.lm_head = nn.Linear(d, vocab_size, bias=False)
-        self._init_parameters(seed)
-        torch.set_rng_state(rng_before)
-        self.init_fingerprint = {
-            name: "x".join(map(str, p.shape))
-            + ":"
-            + hashlib.sha256(p.detach().cpu().numpy().tobytes()).hexdigest()[:16]
-            for name, p in self.named_parameters()
-        }
 
     @torch.no_grad()
     def _init_parameters(self, seed: int) -> None:
         """GPT-2's init (normal 0.02, the residual projections scaled by 1/sqrt(2 n_layer), norms
-        at one, biases at zero), each parameter drawn from a generator seeded by (seed, its
-        name): variants of one seed start from the same values wherever their architectures
-        agree (RoPE drops the position table, SwiGLU changes the MLP: nothing else moves), which
-        is what makes a comparison paired by seed tight."""
+        at one, biases at zero), each parameter drawn from a generator of its own
+        (``param_generator``): variants of one seed start from the same values wherever their
+        architectures agree (RoPE drops the position table, SwiGLU changes the MLP: nothing
+        else moves), which is what makes a comparison paired by seed tight. Draws nothing from
+        the global RNG."""
         for module_name, module in self.named_modules():
             for pname, p in module.named_parameters(recurse=False):
                 name = f"{module_name}.{pname}" if module_name else pname
-                digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-                gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
-                if isinstance(module, nn.LayerNorm | RMSNorm):
-                    nn.init.ones_(p) if pname == "weight" else nn.init.zeros_(p)
+                if isinstance(module, nn.LayerNorm | RMSNorm) and pname == "weight":
+                    nn.init.ones_(p)
                 elif pname == "bias":
                     nn.init.zeros_(p)
                 elif isinstance(module, nn.Linear | nn.Embedding):
                     std = 0.02 / math.sqrt(2 * self.n_layer) if name.endswith("c_proj.weight") else 0.02
-                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+                    p.copy_(torch.randn(p.shape, generator=param_generator(seed, name)) * std)
                 else:
                     raise TypeError(f"GPT init: no rule for parameter {name} of {type(module).__name__}")
 

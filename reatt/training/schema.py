@@ -128,7 +128,8 @@ SCHEMA: dict[str, Key] = {
     ),
     "trainer.prune_after": Key(0, "tuning: only evaluations at this step or later may prune"),
     "trainer.prune_siblings": Key(
-        "", "tuning: the sibling candidates' run dirs, separated by os.pathsep (set by reatt plan)"
+        "",
+        "tuning: the sibling candidates' absolute run dirs, separated by os.pathsep (set by reatt plan)",
     ),
     "trainer.compile": Key(False, "torch.compile the model"),
     "trainer.amp": Key(True, "bf16 autocast on CUDA (ignored on CPU)"),
