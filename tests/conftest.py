@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from chromium_helpers import Chromium, chromium_binary, chromium_required
 from slurm_helpers import (
     START_SCRIPT,
     STOP_SCRIPT,
@@ -103,3 +104,27 @@ def reatt_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------ end of the session cache
+
+
+# ---------------------------------------------------------------------------------------------
+# A real headless Chromium (Debian's `chromium`): `chromium`. Helpers in tests/chromium_helpers.py.
+#
+# - No chromium on PATH: the tests skip, or fail under REATT_REQUIRE_CHROMIUM=1 (as in CI).
+# - Install it with `apt-get install -y chromium`.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Chromium:
+    binary = chromium_binary()
+    if binary is None:
+        why = "chromium not found (install with apt-get install -y chromium)"
+        if chromium_required():
+            pytest.fail(
+                f"Chromium is required (REATT_REQUIRE_CHROMIUM=1) but unavailable: {why}", pytrace=False
+            )
+        pytest.skip(why)
+    return Chromium(binary, tmp_path_factory.mktemp("chromium"))
+
+
+# ------------------------------------------------------------------------- end of Chromium

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from reatt.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["plan", "submit", "status", "cancel", "collect", "report", "train"]
+COMMANDS = ["plan", "submit", "status", "cancel", "collect", "report", "compare", "export", "train"]
 runner = CliRunner()
 
 TINY_SPEC = """

@@ -1,4 +1,4 @@
-"""``reatt report [--plot]``."""
+"""``reatt report [--plot] [--html]``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def report(
     plot: Annotated[
         bool, typer.Option("--plot", help="Also write loss-curve and final-NLL figures (PNG, SVG)")
     ] = False,
+    html: Annotated[
+        bool,
+        typer.Option("--html", help="Also write report.html: one self-contained page, figures inline (SVG)"),
+    ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="What to print")] = Format.table,
     out: Annotated[
         Path | None,
@@ -30,16 +34,18 @@ def report(
 ) -> None:
     """Final held-out NLL per variant (mean, std, n, difference to the baseline with a 95% CI).
 
-    Writes final_nll.md and final_nll.csv (and final_nll.tex with --format latex); --plot adds figures.
+    Writes final_nll.md and final_nll.csv (and final_nll.tex with --format latex); --plot adds figures;
+    --html adds report.html (table, figures, runs, spec and the commands to reproduce, in one file).
 
-    Example: reatt report --plot
+    Example: reatt report --plot --html
     """
     from reatt.report.build import build_report
     from reatt.report.tables import render_table, to_text
     from reatt.report.write import write_report  # figures: seaborn only once they are drawn
 
     with user_errors():
-        rep = build_report(engine_for(db), study)
+        engine = engine_for(db)
+        rep = build_report(engine, study)
         out_dir = out or rep.report_dir
         written = write_report(
             rep,
@@ -47,6 +53,11 @@ def report(
             formats=("markdown", "csv", "latex") if fmt is Format.latex else ("markdown", "csv"),
             plot=plot,
         )
+        if html:
+            from reatt.report.details import study_details
+            from reatt.report.html import write_html
+
+            written.append(write_html(rep, study_details(engine, rep.study), out_dir))
     if fmt is Format.table:
         console.print(render_table(rep))
     else:

@@ -102,8 +102,8 @@ def plot_final_nll(report: Report) -> Figure:
         if methods:
             how = " / ".join("paired by seed" if m == "paired" else "Welch" for m in methods)
             ax_d.set_title(
-                f"Difference to {ref}: mean and CI ({how}, Holm, family-wise 95%)\n"
-                "filled: the CI excludes 0 (resolved)"
+                f"Difference to {ref}: mean and CI\n({how}, Holm, family-wise 95%;"  # fits the axes
+                " filled: the CI excludes 0)"
             )
         else:
             ax_d.set_title(f"Difference to {ref}\n(one seed per variant: no confidence interval)")
