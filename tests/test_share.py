@@ -107,6 +107,7 @@ def test_html_report_needs_no_run_directory(collected: dict[str, Any]) -> None:
     assert "[features.rope]" in page or "rope = {" in page
     assert "python -m reatt.train --system.seed=1" in page or "--model.rope=True" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing to fetch
+    assert 'name="viewport"' in page and "@media print" in page and "@media (max-width" in page
     assert len(tables.tags) > 100 and tables.tags.count("svg") == 2
 
 
@@ -193,6 +194,7 @@ def test_compare_two_corpora_side_by_side(tmp_path: Path) -> None:
             "compare",
             "python-docs",
             "debian",
+            "--html",
             "--out",
             str(tmp_path / "c"),
             "--db",
@@ -201,6 +203,10 @@ def test_compare_two_corpora_side_by_side(tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c" / "compare.md").read_text() == md and "rope" in r.output
+    page = Tables((tmp_path / "c" / "compare.html").read_text())
+    rows = {row[0]: row for row in page.tables["compare"][2:]}
+    assert list(rows) == list(cmp.table["variant"]) and "script" not in page.tags
+    assert rows["warmup"][3:] == ["", "not in study"] and rows["baseline"][2] == "0.000 (reference)"
     r = runner.invoke(app, ["compare", "debian", "--db", str(tmp_path / "results.db")])
     assert r.exit_code == 1 and r.output.startswith("Error: compare needs two or more different studies")
     r = runner.invoke(app, ["compare", "debian", "nope", "--db", str(tmp_path / "results.db")])

@@ -18,11 +18,12 @@ def compare(
     out: Annotated[Path, typer.Option("--out", help="Directory for compare.md and compare.csv")] = Path(
         "out/compare"
     ),
+    html: Annotated[bool, typer.Option("--html", help="Also write compare.html")] = False,
     db: DbOpt = None,
 ) -> None:
     """The same variants across studies side by side: final NLL and Δ vs each study's reference.
 
-    Writes compare.md and compare.csv (the raw numbers) into --out.
+    Writes compare.md and compare.csv (the raw numbers) into --out; --html adds compare.html.
 
     Example: reatt compare python-docs debian-docs
     """
@@ -30,7 +31,7 @@ def compare(
 
     with user_errors():
         result = compare_studies(engine_for(db), studies)
-        written = write_compare(result, out)
+        written = write_compare(result, out, html=html)
     console.print(render_compare(result))
     for note in result.notes:
         say(note, "note:", "bold")

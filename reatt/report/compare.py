@@ -128,8 +128,17 @@ def compare_markdown(c: Comparison) -> str:
     return "\n".join([head, "", body, "", *(f"- {n}" for n in c.notes)]) + "\n"
 
 
-def write_compare(c: Comparison, out_dir: Path) -> list[Path]:
-    """compare.md and compare.csv (the raw numbers) into ``out_dir``."""
+def compare_html(c: Comparison) -> str:
+    """The comparison as one self-contained HTML page (the report's CSS, no script)."""
+    from reatt.report.html import environment
+
+    rows = [(str(row[COL_VARIANT]), [_cell(row, s) for s in c.studies]) for _, row in c.table.iterrows()]
+    return environment().get_template("compare.html.j2").render(studies=c.studies, rows=rows, notes=c.notes)
+
+
+def write_compare(c: Comparison, out_dir: Path, *, html: bool = False) -> list[Path]:
+    """compare.md and compare.csv (the raw numbers) into ``out_dir``; compare.html too with
+    ``html``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReattError(f"{out_dir} is not a directory: give --out a directory for the comparison")
@@ -137,4 +146,7 @@ def write_compare(c: Comparison, out_dir: Path) -> list[Path]:
     md, csv = out_dir / "compare.md", out_dir / "compare.csv"
     write_atomic(md, compare_markdown(c))
     write_atomic(csv, str(c.table.to_csv(index=False)))
-    return [md, csv]
+    if not html:
+        return [md, csv]
+    write_atomic(out_dir / "compare.html", compare_html(c))
+    return [md, csv, out_dir / "compare.html"]

@@ -36,6 +36,7 @@ from reatt.report.fair import COL_CHOSEN, COL_VERDICT
 from reatt.report.format import ci_text, excludes_zero, fmt_num, incomparable_line, legend_line, params_text
 
 if TYPE_CHECKING:  # pragma: no cover
+    from jinja2 import Environment
     from matplotlib.figure import Figure
 
     from reatt.report.details import StudyDetails
@@ -141,18 +142,24 @@ def _run_rows(details: StudyDetails) -> list[dict[str, Any]]:
     ]
 
 
-def render_html(report: Report, details: StudyDetails) -> str:
-    """The report as one HTML document."""
+def environment() -> Environment:
+    """The templates' Jinja environment: autoescape on, an undefined name an error."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    env = Environment(
+    return Environment(
         loader=PackageLoader("reatt.report", "templates"),
         autoescape=select_autoescape(["j2", "html"], default_for_string=True),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def render_html(report: Report, details: StudyDetails) -> str:
+    """The report as one HTML document."""
     from markupsafe import Markup
+
+    env = environment()
 
     figures = [(name, caption, Markup(svg)) for name, caption, svg in _figures(report)]
     return env.get_template(TEMPLATE).render(
