@@ -15,6 +15,7 @@ import pytest
 from chromium_helpers import Chromium, Tables
 from test_collect import write_run
 from test_report import add_study, realistic_runs, run_config
+from test_tune import BASE, FINALS, _fabricate
 from typer.testing import CliRunner
 
 from reatt.cli import app
@@ -125,6 +126,22 @@ def test_a_50_run_study_is_well_under_2_mb(tmp_path: Path) -> None:
     add_study(engine, [dict(r, config=run_config(seed=r["seed"])) for r in runs], name="lab")
     path = write_html(build_report(engine, "lab"), study_details(engine, "lab"), tmp_path / "r")
     assert path.name == "report.html" and path.stat().st_size < 1_000_000
+    engine.dispose()
+
+
+def test_a_tuned_study_without_metrics_rows(tmp_path: Path) -> None:
+    engine = db.open_db(tmp_path / "results.db")
+    tune = {"baseline": {5e-4: 5.6, 2e-3: 5.4, 8e-3: 5.7}, "a": {5e-4: 5.5, 2e-3: 5.35, 8e-3: 5.2}}
+    _fabricate(engine, {"baseline": BASE, "a": FINALS["a"]}, tune)
+    page = html_of(engine, "fair")
+    tables = Tables(page)
+    final = tables.tables["final-nll"]
+    assert final[0][1] == "chosen value" and "Δ at shared trainer.learning_rate=0.002 [CI]" in final[0]
+    assert final[1][1] == "trainer.learning_rate=0.002" and len(final) == 3
+    assert tables.tags.count("svg") == 2  # final NLL and LR sensitivity; no curves without rows:
+    assert "Loss curves (band: min–max over seeds): not drawn: study &#39;fair&#39;" in page
+    runs = tables.tables["run-details"]
+    assert runs[0][3] == "stage" and {r[3] for r in runs[1:]} == {"eval", "tune"} and len(runs) == 1 + 14
     engine.dispose()
 
 

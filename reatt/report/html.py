@@ -34,6 +34,7 @@ from reatt.report.build import (
 )
 from reatt.report.fair import COL_CHOSEN, COL_VERDICT
 from reatt.report.format import ci_text, excludes_zero, fmt_num, incomparable_line, legend_line, params_text
+from reatt.report.tables import shared_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from jinja2 import Environment
@@ -109,6 +110,7 @@ def _rows(report: Report) -> list[dict[str, Any]]:
                 "variant": str(row[COL_VARIANT]),
                 "features": str(row[COL_FEATURES]),
                 "chosen": row[COL_CHOSEN] if isinstance(row[COL_CHOSEN], str) else "",
+                "shared": shared_text(row) if report.tuned else "",
                 "n": str(n) if n == planned else f"{n}/{planned}",
                 "short": n < planned,
                 "nll": nll or "no run",

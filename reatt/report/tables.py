@@ -141,7 +141,7 @@ def render_table(report: Report) -> Table:
         ]
         if report.tuned:
             cells.insert(1, Text(_short_keys(str(row[COL_CHOSEN]))))
-            shared = Text(_shared_text(row))
+            shared = Text(shared_text(row))
             if row[COL_SHARED_VERDICT] in ("better", "worse"):
                 shared.stylize("green" if row[COL_SHARED_VERDICT] == "better" else "red")
             cells.insert(7, shared)
@@ -172,7 +172,7 @@ def _short_keys(text: str) -> str:
     return text.replace("trainer.", "").replace("model.", "")
 
 
-def _shared_text(row: Any) -> str:
+def shared_text(row: Any) -> str:
     """Δ at the shared value with its CI and verdict: "+0.012 [−0.004, +0.028] not resolved"."""
     if row[COL_SHARED_VERDICT] == "reference":
         return "0.000 (reference)"
