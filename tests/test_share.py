@@ -99,7 +99,7 @@ def test_html_report_needs_no_run_directory(collected: dict[str, Any]) -> None:
     assert [row[0] for row in tables.tables["run-details"][1:]] == [j.name for j in collected["jobs"]]
     runs = {row[0]: row for row in tables.tables["run-details"][1:]}
     assert runs["swiglu-s2"][3].startswith("failed") and runs["rope-s1"][3] == "completed"
-    assert runs["rope-s1"][-2:] == ["0.1.0", COMMIT[:12]]
+    assert runs["rope-s1"][-2:] == ["0.1.0", COMMIT[:10]]
     assert "model.rope: False → True" in runs["rope-s1"][-3]  # config diff vs baseline-s1
     assert runs["baseline-s1"][-3] == "reference"
     # the question, escaped; the spec and the commands to reproduce it

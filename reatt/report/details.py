@@ -74,6 +74,11 @@ class StudyDetails:
         lines = []
         if len(self.commits) == 1:
             lines.append(f"git checkout {self.commits[0]} && pip install -e .")
+        elif self.commits:
+            lines.append(
+                f"# the runs ran at {len(self.commits)} git commits (see Runs): check out a run's own "
+                "commit to reproduce it exactly"
+            )
         if self.matrix == COLLECTED_MATRIX:
             lines.append("# collected from hand-made runs: each run's own command is below")
             return lines

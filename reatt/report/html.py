@@ -81,9 +81,10 @@ def _figures(report: Report) -> list[tuple[str, str, str]]:
     from reatt.report.finals import plot_final_nll
     from reatt.report.sensitivity import plot_sensitivity
 
+    several = bool((report.table[COL_N] > 1).any())
     plots: list[tuple[str, str, Callable[[Report], Figure]]] = [
         ("final-nll", "Final held-out NLL per variant, and Δ vs the reference", plot_final_nll),
-        ("loss-curves", "Loss curves (band: min–max over seeds)", plot_loss_curves),
+        ("loss-curves", "Loss curves" + (" (band: min–max over seeds)" if several else ""), plot_loss_curves),
     ]
     if report.tuning is not None and not report.tuning.empty:
         plots.append(("lr-sensitivity", "Sensitivity to the tuned value", plot_sensitivity))
@@ -137,7 +138,7 @@ def _run_rows(details: StudyDetails) -> list[dict[str, Any]]:
             "nll": "" if r.final_nll is None else f"{r.final_nll:.4f}",
             "tps": "" if r.tokens_per_s is None else f"{r.tokens_per_s:,.0f}",
             "wall": secs(r.wall_time_s),
-            "commit": r.git_commit[:12],
+            "commit": r.git_commit[:10],
             "ok": r.state == states.COMPLETED,
         }
         for r in details.runs
