@@ -73,6 +73,8 @@ def collected(tmp_path: Path) -> dict[str, Any]:
         )
         config = json.loads((work / "config.json").read_text())
         config["meta"].update(reatt_version="0.1.0", git_commit=COMMIT)
+        if job.name == "rope-s2":  # resumed once at another commit
+            config["meta"]["resumes"] = [{"from_step": 5, "reatt_version": "0.1.0", "git_commit": "f" * 40}]
         (work / "config.json").write_text(json.dumps(config))
     res = collect(engine)
     assert res.broken == [] and res.metric_rows == 8 * 11
@@ -100,6 +102,7 @@ def test_html_report_needs_no_run_directory(collected: dict[str, Any]) -> None:
     runs = {row[0]: row for row in tables.tables["run-details"][1:]}
     assert runs["swiglu-s2"][3].startswith("failed") and runs["rope-s1"][3] == "completed"
     assert runs["rope-s1"][-2:] == ["0.1.0", COMMIT[:10]]
+    assert runs["rope-s2"][-1] == f"{COMMIT[:10]}resumed at ffffffffff (reatt 0.1.0)"  # a line of its own
     assert "model.rope: False → True" in runs["rope-s1"][-3]  # config diff vs baseline-s1
     assert runs["baseline-s1"][-3] == "reference"
     # the question, escaped; the spec and the commands to reproduce it

@@ -40,6 +40,8 @@ class RunDetail:
     reatt_version: str
     git_commit: str
     device: str
+    # the commits and versions its resumes ran at, where they differ from its first start's
+    resumed_at: list[str] = field(default_factory=list)
     # (key, the reference run's value, this run's value): where this run's config differs
     diff: list[tuple[str, str, str]] = field(default_factory=list)
     compared_to: str = ""  # the run its config is compared with ("" for none)
@@ -158,6 +160,15 @@ def study_details(engine: Engine, study: str | None) -> StudyDetails:
                 device=_meta_text(meta, "device"),
                 command=_command(r.overrides),
             )
+            resumes: list[Any] = meta.get("resumes") or []
+            later = [
+                f"{_meta_text(m, 'git_commit')[:10]} (reatt {_meta_text(m, 'reatt_version')})"
+                for m in (resumes if isinstance(resumes, list) else [])
+                if isinstance(m, dict)
+                and (_meta_text(m, "git_commit"), _meta_text(m, "reatt_version"))
+                != (detail.git_commit, detail.reatt_version)
+            ]
+            detail.resumed_at = list(dict.fromkeys(later))
             if ref is not None and ref is not r:
                 detail.diff, detail.compared_to = _diff(flat[r.name], flat[ref.name]), ref.name
             runs.append(detail)
