@@ -75,7 +75,7 @@ class StudyDetails:
         it was planned from), in a checkout of the commit its runs ran at."""
         lines = []
         if len(self.commits) == 1:
-            lines.append(f"git checkout {self.commits[0]} && pip install -e .")
+            lines.append(f"git checkout {shlex.quote(self.commits[0])} && pip install -e .")
         elif self.commits:
             lines.append(
                 f"# the runs ran at {len(self.commits)} git commits (see Runs): check out a run's own "
