@@ -87,3 +87,62 @@ def test_four_processes_collect_at_once_two_of_them_one_study(db_url, tmp_path):
             assert n == rows
         assert s.scalar(select(func.count()).select_from(db.Study)) == 3
     engine.dispose()
+
+
+def _plan_and_collect_when_all_ready(url: str, spec_path: str, barrier, results) -> None:  # noqa: ANN001
+    """One person: plan the spec at the same moment as the other, then collect it (at once too)."""
+    from reatt.study.collect import collect
+    from reatt.study.plan import plan_study
+    from reatt.study.spec import load_spec
+
+    spec = load_spec(Path(spec_path))
+    engine = db.open_db(url)
+    with engine.connect():  # connected: the barrier lets both into plan_study at once
+        pass
+    barrier.wait(timeout=120)
+    try:
+        action = plan_study(spec, engine).action
+        barrier.wait(timeout=120)
+        res = collect(engine, spec.name)
+        results.put(("ok", action, res.runs_read, res.runs_unchanged, res.metric_rows))
+    except Exception as e:  # reported to the test, which fails with it
+        barrier.abort()
+        results.put(("error", f"{type(e).__name__}: {e}", 0, 0, 0))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_two_people_plan_and_collect_one_study_at_once(db_url, tmp_path):
+    from test_collect import SPEC
+
+    from reatt.study.spec import load_spec
+
+    spec_path = tmp_path / "demo.toml"
+    spec_path.write_text(SPEC.format(out=tmp_path / "out"))
+    jobs = load_spec(spec_path).jobs()
+    for job in jobs:  # the runs have run: both people collect them once planned
+        write_run(Path(job.work_dir), steps=STEPS, seed=job.seed, overrides=job.overrides)
+    db.open_db(db_url).dispose()  # the tables exist: what the two race on is the plan
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_plan_and_collect_when_all_ready, args=(db_url, str(spec_path), barrier, results))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    got = sorted(results.get(timeout=240) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    rows = len(jobs) * (STEPS + 1)
+    # one plan created the study, the other found it; one collect read the runs, the other
+    # found them read (which of the two did which is the scheduler's choice)
+    assert sorted(g[1] for g in got) == ["created", "unchanged"], got
+    assert sorted(g[2:] for g in got) == [(0, len(jobs), 0), (len(jobs), 0, rows)], got
+    engine = db.open_db(db_url)
+    with db.transaction(engine) as s:
+        assert [st.name for st in s.scalars(select(db.Study))] == ["demo"]
+        assert len(db.get_study(s, "demo").runs) == len(jobs)
+        assert s.scalar(select(func.count()).select_from(db.Metric)) == rows
+    engine.dispose()

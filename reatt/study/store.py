@@ -58,7 +58,9 @@ from reatt.transitions import next_state
 
 SCHEMA_VERSION = 2
 # what each older schema version lacks: the columns added since (table, column: their types
-# are the models' own, as each backend names them), created in place on open
+# are the models' own, as each backend names them), created in place on open. Not Alembic (yet):
+# every change so far adds columns, which this does on both backends inside the opening
+# transaction; Alembic earns its keep with the first change SQLite cannot ALTER (batch mode)
 UPGRADES: dict[int, tuple[tuple[str, str], ...]] = {
     1: (("runs", "stage"), ("runs", "tuning")),  # [tune] (version 2)
 }
