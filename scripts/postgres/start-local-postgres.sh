@@ -49,11 +49,15 @@ until pg_isready -q -h 127.0.0.1 -p "$PORT"; do
 done
 
 psql_admin() { runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p "$PORT" "$@"; }
-# the password goes through a psql variable (:'pw' quotes it), never on a command line
+# the password goes through the environment into a psql variable (:'pw' quotes it), never on
+# a command line (where ps would show it)
 if [ "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$USER_'")" != 1 ]; then
   psql_admin -c "CREATE ROLE $USER_ LOGIN CREATEDB"
 fi
-printf '%s\n' "ALTER ROLE $USER_ WITH LOGIN CREATEDB PASSWORD :'pw';" | psql_admin -v pw="$PASSWORD" >/dev/null
+export REATT_PG_PASSWORD_FOR_PSQL=$PASSWORD
+printf '%s\n' '\getenv pw REATT_PG_PASSWORD_FOR_PSQL' "ALTER ROLE $USER_ WITH LOGIN CREATEDB PASSWORD :'pw';" |
+  psql_admin >/dev/null
+unset REATT_PG_PASSWORD_FOR_PSQL
 if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'")" != 1 ]; then
   psql_admin -c "CREATE DATABASE $DATABASE OWNER $USER_"
 fi
