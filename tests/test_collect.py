@@ -663,3 +663,33 @@ def test_a_collected_study_is_reported_without_its_run_directories(engine, demo,
     output, texts = report(tmp_path / "after", "--plot")
     assert texts == before[1] and output.startswith(before[0].rsplit("wrote ", 1)[0])
     assert {"loss_curves.png", "final_nll.png"} <= {p.name for p in (tmp_path / "after").iterdir()}
+
+
+def test_every_command_takes_the_database_from_db_or_reatt_db(db_url, tmp_path, monkeypatch):
+    """plan, submit, status, collect, report, cancel: --db on half of them, $REATT_DB on the rest."""
+    from typer.testing import CliRunner
+
+    from reatt.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no results.db here: a command that ignored both would fail
+    url = db_url if "://" in db_url else str(tmp_path / "elsewhere.db")
+    spec_path = tmp_path / "demo.toml"
+    spec_path.write_text(SPEC.format(out=tmp_path / "out"))
+    by_flag, by_env = CliRunner(), CliRunner(env={"REATT_DB": url})
+
+    def ok(runner: CliRunner, *args: str) -> str:
+        result = runner.invoke(app, [*args, *(["--db", url] if runner is by_flag else [])])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "demo" in ok(by_flag, "plan", str(spec_path))
+    assert ok(by_env, "submit", "--dry-run").count(" -m reatt.train ") == 4
+    for job in load_spec(spec_path).jobs():  # the runs ran (by hand, as docs/run-directory.md says)
+        write_run(Path(job.work_dir), seed=job.seed, overrides=job.overrides)
+    assert ok(by_flag, "status").count("planned") >= 4
+    assert "4 run(s) read" in ok(by_env, "collect")
+    assert "rope" in ok(by_flag, "report")
+    ok(by_env, "cancel")
+    assert not (tmp_path / "results.db").exists()
+    if "://" not in db_url:
+        assert (tmp_path / "elsewhere.db").exists()
