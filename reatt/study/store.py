@@ -53,6 +53,7 @@ from reatt.states import PLANNED, Evidence, RunState
 from reatt.study.dbtypes import BIG_INT, JSON_DOC, REAL
 from reatt.study.dburl import DEFAULT_DB as DEFAULT_DB  # re-exported: where reatt's callers look
 from reatt.study.dburl import db_url as db_url
+from reatt.study.dburl import masked as masked
 from reatt.study.dburl import shown_url, why
 from reatt.transitions import next_state
 
