@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
+import postgres_helpers as pg
 import pytest
 from chromium_helpers import Chromium, chromium_binary, chromium_required
 from slurm_helpers import (
@@ -128,3 +129,79 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Chromium:
 
 
 # ------------------------------------------------------------------------- end of Chromium
+
+
+# ---------------------------------------------------------------------------------------------
+# Databases: `db_url` gives each test a fresh database on each backend, "sqlite" (a file in
+# tmp_path) and "postgresql" (a schema of its own on a real server, dropped after the test).
+# Tests that use it run once per backend; the postgresql ones carry the `postgres` marker.
+#
+# - The server: $REATT_TEST_POSTGRES_URL, else the one scripts/postgres/start-local-postgres.sh
+#   makes (role reatt, database reatt_test, password over TCP on 127.0.0.1:5432).
+# - A server that answers is reused and left running. Otherwise, as root with pg_ctlcluster,
+#   the session starts it with that script and stops it at the end. Else the postgresql tests
+#   skip with the reason, or fail under REATT_REQUIRE_POSTGRES=1 (as in CI).
+# ---------------------------------------------------------------------------------------------
+
+
+def _postgres_unavailable(why: str) -> None:
+    if pg.postgres_required():
+        pytest.fail(f"PostgreSQL is required ({pg.REQUIRE_ENV}=1) but unavailable: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL (with its password) of the tests' database on a real PostgreSQL server."""
+    url = pg.server_url()
+    why = pg.reachable(url)
+    started = False
+    if why is not None:
+        if os.environ.get(pg.URL_ENV):
+            _postgres_unavailable(f"the server of ${pg.URL_ENV} does not answer: {why}")
+        if os.geteuid() != 0 or not shutil.which("pg_ctlcluster"):
+            _postgres_unavailable(
+                f"no PostgreSQL server answers ({why}) and this session cannot start one "
+                f"(needs root and pg_ctlcluster); start it with {pg.START_SCRIPT}"
+            )
+        r = _run_script(pg.START_SCRIPT, timeout=120)
+        if r.returncode != 0:
+            _postgres_unavailable(f"{pg.START_SCRIPT} failed (rc {r.returncode}): {r.stderr.strip()}")
+        started = True
+        why = pg.reachable(url)
+        if why is not None:
+            pytest.fail(f"{pg.START_SCRIPT} ran, but the server does not answer: {why}", pytrace=False)
+    try:
+        yield url
+    finally:
+        if started:
+            _run_script(pg.STOP_SCRIPT, timeout=120)
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_server: str) -> Iterator[str]:
+    """A URL whose connections see only a new, empty schema; dropped after the test."""
+    from sqlalchemy import create_engine, text
+
+    schema = pg.new_schema_name()
+    admin = create_engine(postgres_server)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield pg.schema_url(postgres_server, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '10s'"))  # an engine left in a transaction
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh, empty results database: a SQLite file, or a schema on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("db") / "results.db")
+    return str(request.getfixturevalue("postgres_schema_url"))
+
+
+# -------------------------------------------------------------------------- end of databases

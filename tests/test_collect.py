@@ -114,8 +114,11 @@ def metric_count(engine, name: str, study: str = "demo") -> int:
 
 
 @pytest.fixture
-def engine(tmp_path):
-    return db.open_db(tmp_path / "results.db")
+def engine(db_url):
+    """A fresh database on each backend (conftest.py's db_url): every test here runs on both."""
+    eng = db.open_db(db_url)
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture
@@ -427,7 +430,10 @@ def test_any_sqlalchemy_url(tmp_path):
 
 
 @pytest.mark.slow
-def test_collect_a_real_training_run(tmp_path, engine):
+def test_collect_a_real_training_run(tmp_path):
+    # SQLite only: the training run is what costs the time, and what it writes is collected
+    # like the hand-written runs every other test here collects on both backends
+    engine = db.open_db(tmp_path / "results.db")
     wd = tmp_path / "manual" / "real"
     argv = [
         "--data.block_size=32",
@@ -632,3 +638,58 @@ def test_a_deeply_nested_config_json_is_broken_not_a_traceback(engine, demo):
     broken = {run: why for _, run, why in res.broken}
     assert list(broken) == ["baseline-s2"] and "config.json" in broken["baseline-s2"]
     assert runs_by_name(engine)["baseline-s1"].state == states.COMPLETED
+
+
+def test_a_collected_study_is_reported_without_its_run_directories(engine, demo, tmp_path):
+    """The database holds everything the report shows (table, files, figures), on both backends."""
+    from typer.testing import CliRunner
+
+    from reatt.cli import app
+
+    url = engine.url.render_as_string(hide_password=False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["collect", "--db", url]).exit_code == 0
+
+    def report(out: Path, *plot: str) -> tuple[str, dict[str, str]]:
+        result = runner.invoke(app, ["report", "--db", url, "--out", str(out), *plot])
+        assert result.exit_code == 0, result.output
+        texts = {p.name: p.read_text() for p in sorted(out.iterdir()) if p.suffix in (".md", ".csv")}
+        return result.output.replace(str(out), "OUT"), texts
+
+    before = report(tmp_path / "before")
+    assert "5.05" in before[1]["final_nll.csv"] and "5.25" in before[1]["final_nll.csv"]  # the two means
+    shutil.rmtree(tmp_path / "out")  # every run directory of the study
+    assert not any(d.exists() for d in demo.values())
+    output, texts = report(tmp_path / "after", "--plot")
+    assert texts == before[1] and output.startswith(before[0].rsplit("wrote ", 1)[0])
+    assert {"loss_curves.png", "final_nll.png"} <= {p.name for p in (tmp_path / "after").iterdir()}
+
+
+def test_every_command_takes_the_database_from_db_or_reatt_db(db_url, tmp_path, monkeypatch):
+    """plan, submit, status, collect, report, cancel: --db on half of them, $REATT_DB on the rest."""
+    from typer.testing import CliRunner
+
+    from reatt.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no results.db here: a command that ignored both would fail
+    url = db_url if "://" in db_url else str(tmp_path / "elsewhere.db")
+    spec_path = tmp_path / "demo.toml"
+    spec_path.write_text(SPEC.format(out=tmp_path / "out"))
+    by_flag, by_env = CliRunner(), CliRunner(env={"REATT_DB": url})
+
+    def ok(runner: CliRunner, *args: str) -> str:
+        result = runner.invoke(app, [*args, *(["--db", url] if runner is by_flag else [])])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "demo" in ok(by_flag, "plan", str(spec_path))
+    assert ok(by_env, "submit", "--dry-run").count(" -m reatt.train ") == 4
+    for job in load_spec(spec_path).jobs():  # the runs ran (by hand, as docs/run-directory.md says)
+        write_run(Path(job.work_dir), seed=job.seed, overrides=job.overrides)
+    assert ok(by_flag, "status").count("planned") >= 4
+    assert "4 run(s) read" in ok(by_env, "collect")
+    assert "rope" in ok(by_flag, "report")
+    ok(by_env, "cancel")
+    assert not (tmp_path / "results.db").exists()
+    if "://" not in db_url:
+        assert (tmp_path / "elsewhere.db").exists()

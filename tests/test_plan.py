@@ -214,8 +214,11 @@ def test_toml_syntax_error_names_file_and_line(tmp_path):
 
 
 @pytest.fixture
-def engine(tmp_path):
-    return db.open_db(tmp_path / "results.db")
+def engine(db_url):
+    """A fresh database on each backend (conftest.py's db_url): every test here runs on both."""
+    eng = db.open_db(db_url)
+    yield eng
+    eng.dispose()
 
 
 def study_rows(engine, name):

@@ -139,8 +139,9 @@ def realistic_runs(
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    eng = db.open_db(tmp_path / "results.db")
+def engine(db_url: str) -> Any:
+    """A fresh database on each backend (conftest.py's db_url): every test here runs on both."""
+    eng = db.open_db(db_url)
     yield eng
     eng.dispose()
 

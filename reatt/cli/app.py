@@ -31,7 +31,9 @@ err_console = Console(stderr=True)
 DbOpt = Annotated[
     str | None,
     typer.Option(
-        "--db", help="Results database: a file path or SQLAlchemy URL [default: $REATT_DB or results.db]"
+        "--db",
+        help="Results database: a SQLite file, or a server's URL postgresql+psycopg://user:password@host/db "
+        "(default: $REATT_DB, else results.db)",
     ),
 ]
 StudyOpt = Annotated[

@@ -22,6 +22,10 @@ Everything happens in one transaction: an interrupted or failed collect leaves t
 the previous collect left it. A truncated last line of a ``loss.csv`` (a run still writing, or
 killed) is ignored with a warning; a run whose directory is gone or whose files cannot be read
 is recorded as ``broken`` with the reason, and reported by every collect until it is fixed.
+
+Collects of one study take turns (``store.lock_studies``: the second reads what the first
+wrote, so it neither loses nor repeats a row); collects of different studies run at once on
+PostgreSQL, one after the other on SQLite (docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -93,18 +97,20 @@ def collect(
     with store.transaction(engine) as session:
         sink = MetricSink(session)
         if trees:
+            store.lock_studies(session, [name for name, _, _ in trees])
             for name, root, found in trees:
                 st = _collected_study(session, name, root, found, result)
                 _collect_study(session, st, sink, result)
         else:
             if all_studies:
-                chosen = list(session.scalars(select(store.Study).order_by(store.Study.id)))
-                if not chosen:
+                names = list(session.scalars(select(store.Study.name).order_by(store.Study.id)))
+                if not names:
                     raise StudyError("the database holds no study yet; run `reatt plan SPEC` first")
             else:
-                chosen = [store.get_study(session, study)]
-            for st in chosen:
-                _collect_study(session, st, sink, result)
+                names = [store.get_study(session, study).name]
+            store.lock_studies(session, names)  # then read them: what the collect before left
+            for name in names:
+                _collect_study(session, store.get_study(session, name), sink, result)
         sink.flush()
     return result
 

@@ -265,8 +265,9 @@ class LaunchSession:
         """``fn(session)`` in a transaction of its own, committed at once; its result.
 
         Another reatt command may hold the database for a while (a collect writes all its
-        rows in one transaction); SQLite's busy timeout waits 30 s, and this keeps trying for
-        ``retry_s``, so a long collect never costs a local run its recorded state."""
+        rows in one transaction); SQLite's busy timeout waits ``store.SQLITE_BUSY_TIMEOUT_S``, and
+        this keeps trying for ``retry_s``, so a long collect never costs a local run its recorded
+        state."""
         deadline = time.monotonic() + self.retry_s
         while True:
             try:

@@ -49,6 +49,7 @@ def plan_study(
     if force and new_version:
         raise SpecError("choose one of --force and --new-version")
     with store.transaction(engine) as session:
+        store.lock_studies(session, [spec.name])  # two plans of one study take turns
         existing = session.scalar(select(store.Study).where(store.Study.name == spec.name))
         if existing is None:
             jobs = spec.jobs()

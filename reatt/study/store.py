@@ -1,8 +1,16 @@
 """The results database: studies, their runs, and every run's logged metrics.
 
-One SQLite file by default (``results.db``); any SQLAlchemy URL works. The schema is the
-SQLAlchemy 2.0 typed ORM below; its version is stored in the ``meta`` table and checked on
-open, so an old reatt never writes into a newer layout (or the reverse).
+One SQLite file by default (``results.db``); a lab's shared database is a PostgreSQL server
+(``postgresql+psycopg://user:password@host/db``); other SQLAlchemy URLs are passed through
+untested. The schema is the SQLAlchemy 2.0 typed ORM below, the same on every backend; its
+version is stored in the ``meta`` table and checked on open: an older schema is upgraded in
+place (``UPGRADES``), a newer one refused, so an old reatt never writes into a newer layout.
+
+Concurrency (docs/guarantees.md): on SQLite every transaction begins with ``BEGIN IMMEDIATE``
+(the write lock up front, waited for up to ``SQLITE_BUSY_TIMEOUT_S``), so writers queue instead
+of failing when a reader turns writer; on PostgreSQL a command that rewrites a study's rows
+(collect, plan) first takes that study's advisory lock (``lock_studies``), and opening a
+database takes a schema lock, so two processes never create or upgrade the schema at once.
 
 A run's state is decided in one place, ``reatt.transitions.next_state``, given what was learnt
 of the run; ``advance`` records it. (The only other writes are a new row's first state, and a
@@ -13,26 +21,24 @@ Times are naive UTC (``reatt.files.utc_now``).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
-import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Engine,
-    Float,
     ForeignKey,
-    Integer,
     String,
     Text,
     UniqueConstraint,
     create_engine,
     delete,
     event,
+    func,
     select,
 )
 from sqlalchemy.engine import make_url
@@ -44,18 +50,29 @@ from reatt.errors import DatabaseError, StudyError
 from reatt.files import utc_now
 from reatt.rundir import FinalRecord
 from reatt.states import PLANNED, Evidence, RunState
+from reatt.study.dbtypes import BIG_INT, JSON_DOC, REAL
+from reatt.study.dburl import DEFAULT_DB as DEFAULT_DB  # re-exported: where reatt's callers look
+from reatt.study.dburl import db_url as db_url
+from reatt.study.dburl import masked as masked
+from reatt.study.dburl import shown_url, why
 from reatt.transitions import next_state
 
 SCHEMA_VERSION = 2
-# what each older schema version lacks: the columns added since, created in place on open
-UPGRADES: dict[int, tuple[tuple[str, str, str], ...]] = {
-    1: (("runs", "stage", "VARCHAR(16)"), ("runs", "tuning", "JSON")),  # [tune] (version 2)
+# what each older schema version lacks: the columns added since (table, column: their types
+# are the models' own, as each backend names them), created in place on open. Not Alembic (yet):
+# every change so far adds columns, which this does on both backends inside the opening
+# transaction; Alembic earns its keep with the first change SQLite cannot ALTER (batch mode)
+UPGRADES: dict[int, tuple[tuple[str, str], ...]] = {
+    1: (("runs", "stage"), ("runs", "tuning")),  # [tune] (version 2)
 }
-DEFAULT_DB = "results.db"
+SQLITE_BUSY_TIMEOUT_S = 120  # how long a command waits for another one's write transaction
+PG_CONNECT_TIMEOUT_S = 10  # an unreachable server is an error after this, not a hang
+# pg_advisory_xact_lock keys: the schema's (open_db), and a study's (study_lock_key)
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"reatt schema").digest()[:8], "big", signed=True)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON_DOC, list[Any]: JSON_DOC, int: BIG_INT, float: REAL}
 
 
 class Meta(Base):
@@ -113,13 +130,13 @@ class Run(Base):
     sbatch_path: Mapped[str | None]
     submitted_at: Mapped[dt.datetime | None]
     # --- collected from the run directory ---
-    final_nll: Mapped[float | None] = mapped_column(Float)
-    final_train_loss: Mapped[float | None] = mapped_column(Float)
+    final_nll: Mapped[float | None] = mapped_column(REAL)
+    final_train_loss: Mapped[float | None] = mapped_column(REAL)
     steps: Mapped[int | None]
     tokens: Mapped[int | None]
-    tokens_per_s: Mapped[float | None] = mapped_column(Float)
-    wall_time_s: Mapped[float | None] = mapped_column(Float)
-    mfu: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(REAL)
+    wall_time_s: Mapped[float | None] = mapped_column(REAL)
+    mfu: Mapped[float | None] = mapped_column(REAL)
     n_params: Mapped[int | None]
     n_params_non_embedding: Mapped[int | None]
     config: Mapped[dict[str, Any] | None]  # the run's config.json
@@ -137,35 +154,56 @@ class Metric(Base):
 
     __tablename__ = "metrics"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    loss: Mapped[float | None] = mapped_column(Float)
-    val_loss: Mapped[float | None] = mapped_column(Float)
-    lr: Mapped[float | None] = mapped_column(Float)
+    step: Mapped[int] = mapped_column(BIG_INT, primary_key=True)
+    loss: Mapped[float | None] = mapped_column(REAL)
+    val_loss: Mapped[float | None] = mapped_column(REAL)
+    lr: Mapped[float | None] = mapped_column(REAL)
     tokens: Mapped[int | None]
-    elapsed_s: Mapped[float | None] = mapped_column(Float)
+    elapsed_s: Mapped[float | None] = mapped_column(REAL)
     run: Mapped[Run] = relationship(back_populates="metrics")
 
 
-def db_url(db: str | os.PathLike[str] | None) -> str:
-    """A SQLAlchemy URL from a URL or a file path (default: $REATT_DB, else results.db)."""
-    db = db or os.environ.get("REATT_DB") or DEFAULT_DB
-    text = os.fspath(db)
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # pysqlite begins no transaction itself: _sqlite_begin does
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")  # a local submit and a status may write at once
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     cur.close()
 
 
+def _sqlite_begin(conn: Any) -> None:
+    """Every transaction takes SQLite's write lock up front (SQLAlchemy's documented recipe).
+    A deferred transaction that reads, then writes while another one writes, fails at once
+    with "database is locked" whatever the busy timeout; an immediate one waits its turn."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+URL_FORM = "expected a file path or a URL like postgresql+psycopg://user:password@host:5432/dbname"
+
+
+def _engine(url: str, shown: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except (SQLAlchemyError, ValueError) as e:  # no scheme, a port that is not a number...
+        raise DatabaseError(f"{shown}: not a database URL ({why(e, url)}); {URL_FORM}") from None
+    try:
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        engine = create_engine(parsed, connect_args=connect_args)
+    except (SQLAlchemyError, ImportError, ValueError, TypeError) as e:  # an unknown kind or driver
+        raise DatabaseError(f"cannot open database {shown}: {why(e, url)}; {URL_FORM}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
 def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Engine:
-    """Open the database (creating it if new, unless ``create`` is False) and check its schema
-    version. Commands that only read a study pass ``create=False``: run in the wrong directory,
-    they say where they looked instead of leaving an empty results.db behind."""
+    """Open the database (creating its schema if new, unless ``create`` is False) and check
+    its schema version. Commands that only read a study pass ``create=False``: run in the
+    wrong directory (or given the wrong server database), they say where they looked instead
+    of leaving an empty results.db (or empty tables) behind."""
     url = db_url(db)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
@@ -177,15 +215,12 @@ def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) ->
         if not path.parent.is_dir():
             raise DatabaseError(f"cannot create the database {path}: {path.parent} is not a directory")
     shown = shown_url(url)
-    try:
-        engine = create_engine(url)
-    except (SQLAlchemyError, ImportError) as e:
-        raise DatabaseError(f"cannot open database {shown}: {masked(str(e), url)}") from None
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+    engine = _engine(url, shown)
     try:
         with Session(engine) as session, session.begin():
             conn = session.connection()
+            if engine.dialect.name == "postgresql":  # one opener at a time creates or upgrades
+                conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
             existing = set(engine.dialect.get_table_names(conn))
             if "meta" in existing:
                 row = session.get(Meta, "schema_version")
@@ -200,13 +235,39 @@ def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) ->
                     )
             elif existing & {"studies", "runs", "metrics"}:
                 raise DatabaseError(f"{shown}: has reatt-like tables but no schema version; not touching it")
+            elif not create and engine.dialect.name != "sqlite":
+                raise DatabaseError(
+                    f"{shown}: holds no reatt tables yet: run `reatt plan SPEC --db URL` first, "
+                    "or check the database name"
+                )
             else:
                 Base.metadata.create_all(conn)
                 session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-    except SQLAlchemyError as e:  # not a database ("file is not a database"), unreachable, read-only...
-        why = getattr(e, "orig", None) or e
-        raise DatabaseError(f"cannot open database {shown}: {masked(str(why), url)}") from None
+    except SQLAlchemyError as e:  # not a database, unreachable, wrong password, read-only...
+        cause = getattr(e, "orig", None) or e
+        raise DatabaseError(f"cannot open database {shown}: {why(cause, url)}") from None
     return engine
+
+
+def study_lock_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of study ``name`` (a signed 64-bit hash of it)."""
+    return int.from_bytes(hashlib.sha256(b"reatt study\0" + name.encode()).digest()[:8], "big", signed=True)
+
+
+def lock_studies(session: Session, names: Iterable[str]) -> None:
+    """Hold the studies' locks until the session's transaction ends: the rule that makes two
+    collects (or plans) of one study take turns, while different studies go on at once.
+
+    PostgreSQL: ``pg_advisory_xact_lock`` per study, in one order (sorted keys) so that two
+    commands locking several studies never deadlock. SQLite: nothing to do, the transaction
+    already holds the database's write lock (``BEGIN IMMEDIATE``). The rows the caller reads
+    after this are current (PostgreSQL's read committed: each statement sees what committed
+    before it); ``expire_all`` drops any read before the lock."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for key in sorted({study_lock_key(n) for n in names}):
+        session.execute(select(func.pg_advisory_xact_lock(key)))
+    session.expire_all()
 
 
 def _upgrade(conn: Any, row: Meta) -> None:
@@ -217,31 +278,11 @@ def _upgrade(conn: Any, row: Meta) -> None:
 
     version = int(row.value)
     while version < SCHEMA_VERSION:
-        for table, column, kind in UPGRADES[version]:
+        for table, column in UPGRADES[version]:
+            kind = Base.metadata.tables[table].c[column].type.compile(dialect=conn.dialect)
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
         version += 1
     row.value = str(version)
-
-
-def shown_url(url: str) -> str:
-    """A database URL as reatt prints it: never with its password."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (SQLAlchemyError, ValueError):
-        return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
-
-
-def masked(text: str, url: str) -> str:
-    """``text`` without the password of ``url`` (a driver's message may quote it)."""
-    try:
-        password = make_url(url).password
-    except (SQLAlchemyError, ValueError):
-        password = None
-    return (
-        text.replace(url, shown_url(url)).replace(str(password), "***")
-        if password
-        else text.replace(url, shown_url(url))
-    )
 
 
 @contextmanager
@@ -259,7 +300,7 @@ def transaction(engine: Engine) -> Iterator[Session]:
             "; another reatt command (a long collect?) holds it: try again" if "locked" in str(e.orig) else ""
         )
         url = engine.url.render_as_string(hide_password=False)
-        raise DatabaseError(f"database {shown_url(url)}: {masked(str(e.orig), url)}{hint}") from None
+        raise DatabaseError(f"database {shown_url(url)}: {why(e.orig, url)}{hint}") from None
 
 
 def get_study(session: Session, name: str | None) -> Study:
