@@ -187,27 +187,35 @@ def encode_chunk(
     ``first_lineno``), as ``dtype`` bytes. A bad line raises DataError naming it, or is counted
     with ``skip_bad_lines``; so is a document that cannot be cut into bounded pieces."""
     lines = LineLog()
-    pieces: list[str] = []
-    counts: list[int] = []  # pieces per document
+    out = array.array("H" if np.dtype(dtype).itemsize == 2 else "I")
+    lengths = array.array("q")  # each document's ids so far
+    batch: list[str] = []
+    owners: list[int] = []  # the document of each piece in the batch
+    chars = 0
+
+    def flush() -> None:
+        # the batch's ids become compact at once: the Python lists never outgrow one batch
+        for doc, piece_ids in zip(owners, encoder.encode(batch), strict=True):
+            out.extend(piece_ids)  # OverflowError past the dtype: cannot happen below vocab_size
+            lengths[doc] += len(piece_ids)
+        batch.clear()
+        owners.clear()
+
     for lineno, text in iter_chunk_texts(chunk, first_lineno, display, skip_bad_lines, lines):
         try:
             parts = list(split_text(text, encoder.batch_chars)) if len(text) > encoder.batch_chars else [text]
         except ValueError as e:
             bad_line(display, lineno, f"cannot be tokenized in bounded memory ({e})", skip_bad_lines, lines)
             continue
-        pieces.extend(parts)
-        counts.append(len(parts))
-    ids = encoder.encode(pieces)
-    out = array.array("H" if np.dtype(dtype).itemsize == 2 else "I")
-    lengths = array.array("q")
-    k = 0
-    for count in counts:
-        n = 0
-        for piece_ids in ids[k : k + count]:
-            out.extend(piece_ids)  # OverflowError past the dtype: cannot happen below vocab_size
-            n += len(piece_ids)
-        lengths.append(n)
-        k += count
+        lengths.append(0)
+        for part in parts:
+            batch.append(part)
+            owners.append(len(lengths) - 1)
+            chars += len(part)
+            if len(batch) >= encoder.batch_docs or chars >= encoder.batch_chars:
+                flush()
+                chars = 0
+    flush()
     if out.itemsize != np.dtype(dtype).itemsize:  # pragma: no cover - array's sizes are C's
         raise RuntimeError(f"array item size {out.itemsize} is not {dtype}'s")
     tokens = np.frombuffer(out, dtype=np.dtype(dtype).newbyteorder("="))
