@@ -254,3 +254,14 @@ def test_workers_come_from_the_environment_or_the_cpu_affinity(monkeypatch):
         monkeypatch.setenv(TF.WORKERS_ENV, bad)
         with pytest.raises(ConfigError, match=TF.WORKERS_ENV):
             TF.tokenize_workers()
+
+
+@pytest.mark.slow
+def test_a_text_tiktoken_panics_on_goes_to_the_tokenizer(tok, fast, monkeypatch, caplog):
+    """The safety net under the whitespace check: with the check off, tiktoken's regex overflows
+    on this run (a Rust panic, a BaseException) and the text is encoded by the tokenizer."""
+    monkeypatch.setattr(E, "WHITESPACE_RUN_LIMIT", 10**9)  # the check never fires
+    text = " " * 1_100_000 + "x"
+    with caplog.at_level("WARNING"):
+        assert fast.encode([text]) == hf_ids(tok, [text])
+    assert "tiktoken failed on a text of 1,100,001 characters" in caplog.text

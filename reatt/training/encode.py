@@ -162,8 +162,8 @@ class DocEncoder:
             if type(e).__name__ != "PanicException":
                 raise
             log.warning(
-                "tiktoken failed on a text of %d characters (%s): encoding it with the tokenizer",
-                len(text),
+                "tiktoken failed on a text of %s characters (%s): encoding it with the tokenizer",
+                f"{len(text):,}",
                 str(e)[:200],
             )
             return self._encode_backend([text])[0]
