@@ -85,7 +85,10 @@ def split_text(text: str, limit: int = BATCH_CHARS) -> Iterator[str]:
 
 def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of each text: no special tokens added, no end-of-text appended."""
-    backend = tokenizer.backend_tokenizer
+    return _backend_ids(tokenizer.backend_tokenizer, texts)
+
+
+def _backend_ids(backend: Any, texts: list[str]) -> list[list[int]]:
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets
     return [e.ids for e in encode(texts, add_special_tokens=False)]
 
@@ -145,15 +148,13 @@ class DocEncoder:
         for n, text in enumerate(texts):  # batches of at most batch_docs texts or batch_chars
             chars += len(text)
             if n + 1 - start >= self.batch_docs or chars >= self.batch_chars or n + 1 == len(texts):
-                batch = texts[start : n + 1]
-                encode = getattr(self.backend(), "encode_batch_fast", self.backend().encode_batch)
-                out.extend(e.ids for e in encode(batch, add_special_tokens=False))
+                out.extend(_backend_ids(self.backend(), texts[start : n + 1]))
                 start, chars = n + 1, 0
         return out
 
     def _encode_fast(self, text: str) -> list[int]:
         if len(text) >= WHITESPACE_RUN_LIMIT and LONG_WHITESPACE.search(text):
-            return self._encode_backend([text])[0]  # tiktoken's regex would overflow its stack
+            return self._encode_backend([text])[0]  # tiktoken's regex would overflow its backtracking stack
         try:
             if any(s in text for s in self.specials):
                 return self.fast.encode(text, allowed_special=self.specials, disallowed_special=())
