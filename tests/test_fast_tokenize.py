@@ -232,7 +232,9 @@ def test_a_pool_reports_the_first_bad_line_by_its_number(tmp_path, tok, pooled):
 def test_chunks_are_whole_lines_numbered_from_one(tmp_path):
     import hashlib
 
-    raw = b"".join(b'{"text": "%d"}\n' % i for i in range(1000)) + b"last line, no newline"
+    lines = [b'{"text": "%d"}\n' % i for i in range(1000)]
+    lines.insert(500, b'{"text": "%s"}\n' % (b"long " * 1000))  # spans five blocks
+    raw = b"".join(lines) + b"last line, no newline"
     path = tmp_path / "f.jsonl"
     path.write_bytes(raw)
     digest = hashlib.sha256()
@@ -243,6 +245,7 @@ def test_chunks_are_whole_lines_numbered_from_one(tmp_path):
         1 + sum(c.count(b"\n") for _, c in chunks[:k]) for k in range(len(chunks))
     ]
     assert all(c.endswith(b"\n") for _, c in chunks[:-1]) and len(chunks) > 10
+    assert any(b"long " * 1000 in c for _, c in chunks)
 
 
 def test_workers_come_from_the_environment_or_the_cpu_affinity(monkeypatch):

@@ -69,17 +69,19 @@ def tokenize_workers() -> int:
 def read_chunks(f: BinaryIO, digest: Any, size: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
     """(number of its first line, bytes) of consecutive runs of whole lines of ``f``, each about
     ``size`` bytes or one longer line; every byte read is fed to ``digest`` first."""
-    lineno, rest = 1, b""
+    lineno, parts = 1, []  # parts: the bytes read since the last line end, joined once
     while block := f.read(size):
         digest.update(block)
-        rest += block
-        end = rest.rfind(b"\n")
+        end = block.rfind(b"\n")
         if end < 0:
-            continue  # a line longer than the block: read on to its end
-        chunk, rest = rest[: end + 1], rest[end + 1 :]
+            parts.append(block)  # a line longer than the block: read on to its end
+            continue
+        parts.append(block[: end + 1])
+        chunk = b"".join(parts)
+        parts = [block[end + 1 :]]
         yield lineno, chunk
         lineno += chunk.count(b"\n")
-    if rest:
+    if rest := b"".join(parts):
         yield lineno, rest  # a last line without a newline
 
 
