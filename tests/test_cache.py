@@ -232,7 +232,7 @@ def test_second_construction_reads_the_cache_without_tokenizing(tmp_path, prose_
     def no_tokenizing(*args):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(E, "encode_batch", no_tokenizing)
+    monkeypatch.setattr(C, "tokenize_into", no_tokenizing)
     again = D.JSONLDataset(data_cfg(tmp_path, prose_file), seed=0, tokenizer=tok)
     assert again.cache_key == first.cache_key and meta.stat().st_mtime_ns == mtime
     # the key is the content: a copy elsewhere reuses the cache too

@@ -2,8 +2,8 @@
 
 - ``resolve_cache_dir``: where caches live (``data.cache_dir``, else ``$REATT_CACHE_DIR``,
   else ``$XDG_CACHE_HOME/reatt`` or ``~/.cache/reatt``).
-- ``open_token_cache``: the file's token ids, built once (``reatt.training.encode``: streamed
-  through the fast tokenizer in bounded memory), then memory-mapped. The cache is keyed by the
+- ``open_token_cache``: the file's token ids, built once (``reatt.training.tokenize_file``:
+  streamed through the encoder in bounded memory), then memory-mapped. The cache is keyed by the
   bytes that were tokenized (not the file's name) and the tokenizer, built under a lock into a
   temporary directory and renamed into place, so concurrent jobs on one file build it once and
   never read a half-written cache. Each open checks it (sizes, offsets, every id below the
@@ -27,7 +27,8 @@ import numpy as np
 
 from reatt.errors import DataError
 from reatt.files import exclusive_lock, fsync_dir, write_atomic
-from reatt.training.encode import file_sha256, tokenize_into
+from reatt.training.encode import file_sha256
+from reatt.training.tokenize_file import tokenize_into
 from reatt.training.tokenizer import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)

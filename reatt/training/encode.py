@@ -1,34 +1,38 @@
-"""Streaming a JSONL file through the tokenizer into a token cache's files, in bounded memory.
+"""The token ids of documents, in bounded memory: ``DocEncoder`` and ``encode_chunk``.
 
-- Documents are encoded in batches of at most ``BATCH_DOCS`` documents or ``BATCH_CHARS``
-  characters. A longer document is cut into pieces of at most ``BATCH_CHARS`` characters at
+- A document longer than ``BATCH_CHARS`` characters is cut into pieces of at most that many at
   places where GPT-2's pre-tokenizer splits the text anyway (``split_text``), so that the ids of
-  its pieces, joined, are exactly the ids of the whole; memory is bounded by the batch, whatever
-  the documents' sizes.
-- The file's bytes are hashed as they are read, and its size and mtime compared before and
-  after: the cache is keyed by the bytes that were actually tokenized, and a file rewritten
-  meanwhile stores nothing.
-- ``tokens.bin`` and ``offsets.npy`` are hashed as they are written, and the largest id is
-  kept: what ``TokenCache.open`` checks each time it opens the cache.
+  its pieces, joined, are exactly the ids of the whole; memory is bounded whatever the sizes.
+- ``DocEncoder`` encodes with tiktoken when ``gpt2_fast.fast_encoding`` vouches for it (GPT-2
+  loaded as 'gpt2'), else with the tokenizer's backend in batches of at most ``BATCH_DOCS``
+  documents or ``BATCH_CHARS`` characters. Both give the tokenizer's ids: no special tokens
+  added, no end-of-text appended, and special-token text inside a document ("<|endoftext|>")
+  encoded as that token, as the tokenizer does. The few texts tiktoken cannot take (a
+  whitespace run of ``WHITESPACE_RUN_LIMIT`` characters or more, or one it panics on) go to the
+  backend, so the ids never depend on the encoder.
+- ``encode_chunk`` turns whole lines of the JSONL file (``jsonl.iter_chunk_texts``: the same
+  file:line errors and counted skips) into one chunk's ids and document lengths; it runs in
+  this process or in a worker process (``reatt.training.tokenize_file``).
 """
 
 from __future__ import annotations
 
 import array
 import hashlib
-import os
-import time
+import logging
 import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from reatt.errors import DataError
-from reatt.files import atomic_writer
-from reatt.training.jsonl import LineLog, bad_line, iter_texts, no_documents_message
-from reatt.training.tokenizer import tokenizer_fingerprint, tokenizer_source
+from reatt.training.gpt2_fast import LONG_WHITESPACE, WHITESPACE_RUN_LIMIT, fast_encoding
+from reatt.training.jsonl import LineLog, bad_line, iter_chunk_texts
+
+log = logging.getLogger(__name__)
 
 # A tokenizer batch ends after this many documents or this much text, whichever comes first:
 # big enough for the batch encoder to be efficient, small enough that memory stays bounded.
@@ -81,114 +85,143 @@ def split_text(text: str, limit: int = BATCH_CHARS) -> Iterator[str]:
 
 def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of each text: no special tokens added, no end-of-text appended."""
-    backend = tokenizer.backend_tokenizer
+    return _backend_ids(tokenizer.backend_tokenizer, texts)
+
+
+def _backend_ids(backend: Any, texts: list[str]) -> list[list[int]]:
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets
     return [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
-def _pieces(
-    texts: Iterator[tuple[int, str]], display: str, skip_bad_lines: bool, lines: LineLog
-) -> Iterator[tuple[int, str]]:
-    """(document number, piece) of each document, in order; every document has a piece."""
-    doc = 0
-    for lineno, text in texts:
+class DocEncoder:
+    """Token ids of texts, the tokenizer's exactly: by tiktoken where it is vouched for, else by
+    the tokenizer's backend. Picklable (for worker processes): the backend travels as its JSON
+    and is rebuilt only where a text needs it."""
+
+    def __init__(self, fast: Any, backend_json: str, batch_chars: int, batch_docs: int) -> None:
+        self.fast = fast
+        self.backend_json = backend_json
+        self.batch_chars = batch_chars
+        self.batch_docs = batch_docs
+        self.specials: set[str] = set(fast.special_tokens_set) if fast is not None else set()
+        self._backend: Any = None
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any) -> DocEncoder:
+        """The encoder of a tokenizer from ``load_tokenizer``, with today's batch limits."""
+        encoder = cls(fast_encoding(tokenizer), "", BATCH_CHARS, BATCH_DOCS)
+        encoder._backend = tokenizer.backend_tokenizer
+        return encoder
+
+    @property
+    def name(self) -> str:
+        """What encodes, for meta.json: 'tiktoken 0.14.0' or 'tokenizers 0.23.3'."""
+        return (
+            f"tiktoken {version('tiktoken')}"
+            if self.fast is not None
+            else f"tokenizers {version('tokenizers')}"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if not state["backend_json"] and state["_backend"] is not None:
+            state["backend_json"] = state["_backend"].to_str()
+        state["_backend"] = None
+        return state
+
+    def backend(self) -> Any:
+        if self._backend is None:
+            from tokenizers import Tokenizer
+
+            self._backend = Tokenizer.from_str(self.backend_json)
+        return self._backend
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """The ids of each text."""
+        if self.fast is None:
+            return self._encode_backend(texts)
+        return [self._encode_fast(text) for text in texts]
+
+    def _encode_backend(self, texts: list[str]) -> list[list[int]]:
+        out: list[list[int]] = []
+        start, chars = 0, 0
+        for n, text in enumerate(texts):  # batches of at most batch_docs texts or batch_chars
+            chars += len(text)
+            if n + 1 - start >= self.batch_docs or chars >= self.batch_chars or n + 1 == len(texts):
+                out.extend(_backend_ids(self.backend(), texts[start : n + 1]))
+                start, chars = n + 1, 0
+        return out
+
+    def _encode_fast(self, text: str) -> list[int]:
+        if len(text) >= WHITESPACE_RUN_LIMIT and LONG_WHITESPACE.search(text):
+            return self._encode_backend([text])[0]  # tiktoken's regex would overflow its backtracking stack
         try:
-            pieces = list(split_text(text)) if len(text) > BATCH_CHARS else [text]
+            if any(s in text for s in self.specials):
+                return self.fast.encode(text, allowed_special=self.specials, disallowed_special=())
+            return self.fast.encode_ordinary(text)
+        except BaseException as e:  # a Rust panic is a BaseException (pyo3's PanicException)
+            if type(e).__name__ != "PanicException":
+                raise
+            log.warning(
+                "tiktoken failed on a text of %s characters (%s): encoding it with the tokenizer",
+                f"{len(text):,}",
+                str(e)[:200],
+            )
+            return self._encode_backend([text])[0]
+
+
+@dataclass
+class ChunkIds:
+    """What ``encode_chunk`` made of some lines: ids back to back, each document's length, and
+    what the reader skipped."""
+
+    tokens: bytes
+    lengths: array.array
+    max_id: int
+    lines: LineLog = field(default_factory=LineLog)
+
+
+def encode_chunk(
+    encoder: DocEncoder, chunk: bytes, first_lineno: int, display: str, skip_bad_lines: bool, dtype: str
+) -> ChunkIds:
+    """The ids of the documents in ``chunk`` (whole lines of the JSONL file, the first being line
+    ``first_lineno``), as ``dtype`` bytes. A bad line raises DataError naming it, or is counted
+    with ``skip_bad_lines``; so is a document that cannot be cut into bounded pieces."""
+    lines = LineLog()
+    out = array.array("H" if np.dtype(dtype).itemsize == 2 else "I")
+    lengths = array.array("q")  # each document's ids so far
+    batch: list[str] = []
+    owners: list[int] = []  # the document of each piece in the batch
+    chars = 0
+
+    def flush() -> None:
+        # the batch's ids become compact at once: the Python lists never outgrow one batch
+        for doc, piece_ids in zip(owners, encoder.encode(batch), strict=True):
+            out.extend(piece_ids)  # OverflowError past the dtype: cannot happen below vocab_size
+            lengths[doc] += len(piece_ids)
+        batch.clear()
+        owners.clear()
+
+    for lineno, text in iter_chunk_texts(chunk, first_lineno, display, skip_bad_lines, lines):
+        try:
+            parts = list(split_text(text, encoder.batch_chars)) if len(text) > encoder.batch_chars else [text]
         except ValueError as e:
             bad_line(display, lineno, f"cannot be tokenized in bounded memory ({e})", skip_bad_lines, lines)
             continue
-        for piece in pieces:
-            yield doc, piece
-        doc += 1
-
-
-def _batches(pieces: Iterator[tuple[int, str]]) -> Iterator[list[tuple[int, str]]]:
-    batch: list[tuple[int, str]] = []
-    chars = 0
-    for item in pieces:
-        batch.append(item)
-        chars += len(item[1])
-        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def tokenize_into(
-    path: Path, display: str, tokenizer: Any, out: Path, skip_bad_lines: bool, file_hash: str
-) -> dict[str, Any]:
-    """Write tokens.bin and offsets.npy into ``out``; return the meta.json contents.
-
-    ``file_hash`` is the SHA-256 the cache is keyed by: the bytes read must have it, and the
-    file must not change while it is read (DataError otherwise)."""
-    vocab_size = len(tokenizer)
-    dtype = np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-    before = _stat(path)
-    start = time.perf_counter()
-    lines = LineLog()
-    read, written = hashlib.sha256(), hashlib.sha256()
-    offsets = array.array("q", [0])
-    n_tokens, max_id, current, seen = 0, -1, 0, False
-    with open(out / "tokens.bin", "wb") as f:
-        texts = iter_texts(path, display, skip_bad_lines, lines, digest=read)
-        for batch in _batches(_pieces(texts, display, skip_bad_lines, lines)):
-            ids = encode_batch(tokenizer, [piece for _, piece in batch])
-            for (doc, _), piece_ids in zip(batch, ids, strict=True):
-                if doc != current:  # the pieces of a document come one after another
-                    offsets.append(n_tokens)
-                    current = doc
-                n_tokens += len(piece_ids)
-                seen = True
-            flat = np.fromiter((t for doc in ids for t in doc), dtype=np.int64, count=sum(map(len, ids)))
-            if flat.size:
-                max_id = max(max_id, int(flat.max()))
-                if max_id > np.iinfo(dtype).max:
-                    raise DataError(f"token id {max_id} does not fit the cache's {dtype.name}")
-            raw = flat.astype(dtype).tobytes()
-            written.update(raw)
-            f.write(raw)
-        if seen:  # the end of the last document
-            offsets.append(n_tokens)
-        f.flush()
-        os.fsync(f.fileno())
-    if read.hexdigest() != file_hash or _stat(path) != before:
-        raise DataError(
-            f"data file {display} changed while it was being tokenized: nothing was cached; "
-            "run again once nothing writes to it"
-        )
-    n_docs = len(offsets) - 1
-    if n_docs == 0:
-        raise DataError(no_documents_message(display, lines))
-    with atomic_writer(out / "offsets.npy") as f:  # fsynced, like tokens.bin
-        np.save(f, np.frombuffer(offsets, dtype=np.int64))
-    seconds = time.perf_counter() - start
-    return {
-        "source_path": str(path.resolve()),
-        "file_size": before[0],
-        "content_sha256": file_hash,
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "tokenizer_source": tokenizer_source(tokenizer),
-        "vocab_size": vocab_size,
-        "dtype": dtype.str,
-        "n_docs": n_docs,
-        "n_tokens": n_tokens,
-        "max_id": max_id,
-        "tokens_sha256": written.hexdigest(),
-        "offsets_sha256": file_sha256(out / "offsets.npy"),
-        "skip_bad_lines": skip_bad_lines,
-        "skipped_lines": lines.skipped,
-        "skipped_examples": [[n, reason] for n, reason in lines.examples],
-        "blank_lines": lines.blank,
-        "build_seconds": round(seconds, 3),
-        "tokens_per_s": round(n_tokens / seconds) if seconds > 0 else None,
-        "file_mb_per_s": round(before[0] / 1e6 / seconds, 3) if seconds > 0 else None,
-    }
+        lengths.append(0)
+        for part in parts:
+            batch.append(part)
+            owners.append(len(lengths) - 1)
+            chars += len(part)
+            if len(batch) >= encoder.batch_docs or chars >= encoder.batch_chars:
+                flush()
+                chars = 0
+    flush()
+    if out.itemsize != np.dtype(dtype).itemsize:  # pragma: no cover - array's sizes are C's
+        raise RuntimeError(f"array item size {out.itemsize} is not {dtype}'s")
+    tokens = np.frombuffer(out, dtype=np.dtype(dtype).newbyteorder("="))
+    max_id = int(tokens.max()) if tokens.size else -1
+    return ChunkIds(tokens.astype(dtype, copy=False).tobytes(), lengths, max_id, lines)
 
 
 def file_sha256(path: Path) -> str:

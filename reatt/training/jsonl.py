@@ -51,16 +51,35 @@ def iter_texts(
         for lineno, raw in enumerate(f, start=1):
             if digest is not None:
                 digest.update(raw)
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte order mark
-            if not raw.strip():
-                lines.blank += 1
-                continue
-            text, reason = _parse_line(raw)
-            if reason is None:
-                yield lineno, text
-            else:
-                bad_line(display, lineno, reason, skip_bad_lines, lines)
+            yield from _document(raw, lineno, display, skip_bad_lines, lines)
+
+
+def iter_chunk_texts(
+    chunk: bytes, first_lineno: int, display: str, skip_bad_lines: bool, lines: LineLog
+) -> Iterator[tuple[int, str]]:
+    """``iter_texts`` over whole lines of a file held in memory, the first being line
+    ``first_lineno``: the same documents, errors and counts as reading the file line by line."""
+    parts = chunk.split(b"\n")
+    if parts[-1] == b"":  # the newline ending the last line begins no line
+        parts.pop()
+    for lineno, raw in enumerate(parts, start=first_lineno):
+        yield from _document(raw, lineno, display, skip_bad_lines, lines)
+
+
+def _document(
+    raw: bytes, lineno: int, display: str, skip_bad_lines: bool, lines: LineLog
+) -> Iterator[tuple[int, str]]:
+    """(lineno, text) if the line is a document; nothing for a blank or skipped line."""
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte order mark
+    if not raw.strip():
+        lines.blank += 1
+        return
+    text, reason = _parse_line(raw)
+    if reason is None:
+        yield lineno, text
+    else:
+        bad_line(display, lineno, reason, skip_bad_lines, lines)
 
 
 def bad_line(display: str, lineno: int, reason: str, skip_bad_lines: bool, lines: LineLog) -> None:
