@@ -52,13 +52,14 @@ def test_a_two_rank_job_is_signalled_requeued_and_resumes(slurm_cluster: SlurmCl
         f'[study]\nname = "it-ddp"\nmatrix = "list"\nout_dir = {json.dumps(str(tmp_path / "out"))}\n\n'
         f"[base]\n{base}\n\n"
         '[slurm]\ntime = "00:10:00"\ncpus_per_task = 1\nmem = "1G"\nsignal_seconds = 60\n'
-        'ntasks_per_node = 2\nsignal = "USR2"\n\n[features]\n\n[runs.a]\nfeatures = []\n'
+        "ntasks_per_node = 2\n\n[features]\n\n[runs.a]\nfeatures = []\n"
     )
     engine = db.open_db(tmp_path / "results.db")
     plan_study(load_spec(spec), engine)
     result = submit_cluster(engine, "it-ddp", project_dir=str(REPO_ROOT))
     job_id = dict(result.submitted)["a"]
     script = Path(result.scripts[0]).read_text()
+    # USR2, the default of a job of several ranks, to every task of its steps
     assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --signal=USR2@60" in script
     work = Path(status.refresh(engine, "it-ddp")[1][0].work_dir)
     signalled: list[int] = []

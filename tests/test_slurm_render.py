@@ -512,6 +512,10 @@ def test_ranks_render_nodes_tasks_and_gpus_consistently(tmp_path):
     # one process on one GPU renders as before
     one = render_job_script(job(), SlurmSettings(gpus_per_node=1), CTX)
     assert "#SBATCH --ntasks=1" in one and "#SBATCH --gpus-per-node=1" in one and "srun" not in one
+    assert "#SBATCH --signal=B:USR1@120" in one  # the default: to the batch shell, which forwards it
+    ranks = render_job_script(job(), SlurmSettings(ntasks_per_node=2), CTX)
+    assert "#SBATCH --signal=USR2@120" in ranks  # the default of ranks: USR2 to each (NCCL and USR1)
+    assert '[ "$rc" = 140 ]' in ranks  # 128 + USR2: killed before its handler was set
 
 
 @pytest.mark.parametrize(

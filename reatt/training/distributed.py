@@ -121,14 +121,14 @@ def any_rank(ranks: Ranks, flag: bool, device: Any) -> bool:
     return bool(t.item() > 0)
 
 
-def mean_over_ranks(ranks: Ranks, value: float, device: Any) -> float:
-    """The mean of ``value`` over the ranks (in float64: the reported loss is the global mean)."""
+def mean_over_ranks(ranks: Ranks, value: Any) -> float:
+    """The mean over the ranks of the one-element tensor ``value`` (the reported loss is the
+    global batch's mean); waits for the device."""
     if not ranks.distributed:
-        return value
-    import torch
+        return float(value.item())
     import torch.distributed as dist
 
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = value.detach().clone().reshape(1)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / ranks.world_size
 

@@ -272,7 +272,8 @@ class Trainer:
         """One step's gradients, summed over this rank's microbatches (DDP averages them over
         the ranks at the last one's backward); the step's loss (the mean over all ranks) and
         its tokens (on all ranks)."""
-        total, tokens = 0.0, 0
+        total: Any = 0.0  # on the device: one wait for it per step, not per microbatch
+        tokens = 0
         for i in range(self.accum):
             x, y = next(micro)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -282,9 +283,9 @@ class Trainer:
                 with self.autocast():
                     _, loss = self.train_model(x, y)
                 (loss / self.accum if self.accum > 1 else loss).backward()
-            total += loss.item()
+            total = total + loss.detach().float()
             tokens += x.numel() * self.ranks.world_size
-        return mean_over_ranks(self.ranks, total / self.accum, self.device), tokens
+        return mean_over_ranks(self.ranks, total / self.accum if self.accum > 1 else total), tokens
 
     # --- checkpoint state ---
     def state_dict(self) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def _variables(
         "train_module": TRAIN_MODULE,
         "attempt_line": rundir.SLURM_ATTEMPT_SH,
         "exit_interrupted": rundir.EXIT_INTERRUPTED,
-        "exit_killed_by_signal": 128 + int(getattr(signal, "SIG" + settings.signal)),
+        "exit_killed_by_signal": 128 + int(getattr(signal, "SIG" + settings.time_signal)),
         "world_size": settings.world_size,
     }
 

@@ -35,7 +35,7 @@ class SlurmSettings:
     nodes: int = 1  # nodes of a job; ranks = nodes x ntasks_per_node (one rank per GPU)
     gpus_per_node: int = 0  # GPUs of each node, one rank each (0: CPU ranks)
     ntasks_per_node: int = 0  # ranks on each node (0: gpus_per_node, or 1 without GPUs)
-    signal: str = "USR1"  # what Slurm sends signal_seconds before the time limit (USR1, USR2, TERM)
+    signal: str = ""  # sent signal_seconds before the time limit: USR1, USR2, TERM ("": time_signal)
     modules: list[str] = field(default_factory=list)  # `module load` each, in order
     venv: str = ""  # a virtualenv to activate (empty: the one reatt runs from, if any)
     hf_home: str = ""  # HF_HOME for the jobs (empty: inherit)
@@ -69,6 +69,12 @@ class SlurmSettings:
     def tasks_per_node(self) -> int:
         """Ranks on each node: ntasks_per_node, else one per GPU, else one."""
         return self.ntasks_per_node or self.gpus_per_node or 1
+
+    @property
+    def time_signal(self) -> str:
+        """The signal before the time limit: ``signal``, else USR1 to one process's batch shell
+        (forwarded), USR2 to every rank (NCCL has caught USR1 in some versions)."""
+        return self.signal or ("USR2" if self.world_size > 1 else "USR1")
 
     @property
     def world_size(self) -> int:
@@ -214,7 +220,7 @@ def time_limit_seconds(text: str) -> int | None:
 def _rank_problems(settings: SlurmSettings) -> list[str]:
     """Why the GPUs and ranks asked for do not fit together (gpus > 1 trained on one GPU)."""
     s, problems = settings, []
-    if s.signal not in SIGNALS:
+    if s.signal and s.signal not in SIGNALS:
         problems.append(f"slurm.signal = {s.signal!r}: expected one of {', '.join(SIGNALS)}")
     ints = all(isinstance(v, int) for v in (s.gpus, s.gpus_per_node, s.ntasks_per_node, s.nodes))
     if not ints:
