@@ -17,6 +17,7 @@ import sys
 
 import pytest
 import torch
+from ddp_grads import step_grads
 
 from reatt.rundir import EXIT_INTERRUPTED
 from reatt.train import TRAIN_ENV, main
@@ -97,6 +98,23 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(two_ranks, tmp_
     assert {p.name for p in two_ranks.iterdir()} == {p.name for p in one.iterdir()}
     meta = json.loads((two_ranks / "config.json").read_text())["meta"]
     assert meta["world_size"] == 2
+
+
+def test_two_ranks_average_to_the_one_process_gradient(tmp_path):
+    """The gradients themselves (AdamW's steps barely depend on their scale): the mean over the
+    global batch, not a sum over ranks, and not one rank's half."""
+    argv = args(tmp_path / "run", "--trainer.max_iters=1", "--trainer.grad_norm_clip=0")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(TRAIN_ENV, OMP_NUM_THREADS="1")
+    helper = os.path.join(os.path.dirname(__file__), "ddp_grads.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", helper]
+    subprocess.run([*cmd, str(tmp_path / "two.pt"), *argv], env=env, check=True, timeout=300)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    one = step_grads(argv)
+    assert two.keys() == one.keys()
+    for name in one:
+        assert torch.allclose(two[name], one[name], rtol=1e-4, atol=1e-7), name
+    assert sum(g.abs().sum().item() for k, g in one.items() if k != "loss") > 0
 
 
 def test_the_checkpoint_holds_every_ranks_rng_state(two_ranks):

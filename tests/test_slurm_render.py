@@ -516,6 +516,9 @@ def test_ranks_render_nodes_tasks_and_gpus_consistently(tmp_path):
     ranks = render_job_script(job(), SlurmSettings(ntasks_per_node=2), CTX)
     assert "#SBATCH --signal=USR2@120" in ranks  # the default of ranks: USR2 to each (NCCL and USR1)
     assert '[ "$rc" = 140 ]' in ranks  # 128 + USR2: killed before its handler was set
+    array = render_array_script([job(0, "a"), job(1, "b")], DDP, CTX, throttle=0)
+    assert "srun --ntasks=8" in array and "requeue_id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" in array
+    bash_syntax_ok(array, tmp_path)
 
 
 @pytest.mark.parametrize(

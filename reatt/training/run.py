@@ -8,9 +8,8 @@ with ``EXIT_INTERRUPTED``. One process at a time trains a work dir: it holds the
 ``<work_dir>/.lock`` (holding its pid) for the whole run; a second one exits with
 ``EXIT_USAGE`` without writing anything. torch is imported only once training starts.
 
-Under torchrun (``reatt.training.distributed``) every rank runs this; rank 0 alone takes the
-lock and writes the run's files. A stop signal to any rank stops every rank after the same
-step (the flag is all-reduced each step); rank 0 checkpoints every rank's RNG state.
+Under torchrun (``reatt.training.distributed``) every rank runs this, rank 0 alone writes; a
+stop signal to any rank stops all after the same step (the flag is all-reduced each step).
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from reatt.rundir import (
 from reatt.training import distributed
 from reatt.training.checkpoint import load_checkpoint, restore, save_checkpoint, uses_rng
 from reatt.training.config import CfgNode, check_config, get_default_config
+from reatt.training.distributed import NoLossLog
 from reatt.training.progress import TrainProgress, print_help
 from reatt.training.pruning import prune_reason
 from reatt.training.sampling import sample_block
@@ -97,7 +97,7 @@ class TrainingRun:
         self.t_start = time.time()
         self.ranks = distributed.ranks_from_env()
         distributed.check_batch(cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, self.ranks.world_size)
-        self._check_work_dir()
+        self.already_completed = check_work_dir(self.dir, self.cfg)
         self.device: Any = None
         if not self.already_completed:
             # the device is part of the config's check: a missing GPU is exit 2, nothing written
@@ -105,9 +105,6 @@ class TrainingRun:
 
             self.device = distributed.rank_device(self.ranks, resolve_device(cfg.trainer.device))
             self.device_desc = device_name(self.device)
-
-    def _check_work_dir(self) -> None:
-        self.already_completed = check_work_dir(self.dir, self.cfg)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signal_received = signal.Signals(signum).name
@@ -169,7 +166,7 @@ class TrainingRun:
         """Rank 0, holding the lock: the work dir checked again (another process may have changed
         it before we held the lock), a failed attempt's leftovers removed; an exit code to stop."""
         try:
-            self._check_work_dir()
+            self.already_completed = check_work_dir(self.dir, self.cfg)
         except ReattError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -235,10 +232,8 @@ class TrainingRun:
             check_same_data(self.dir, state.get("data"), self.data)  # before anything is written
             self.elapsed_before = restore(self.ckpt_path, trainer, state, uses_rng(cfg))
         # before anything else is written: a loss.csv that cannot be resumed stops here
-        resume_step = trainer.iter_num if resume else None
-        self.log: Any = distributed.NoLossLog()  # rank 0 alone writes loss.csv
-        if self.ranks.main:
-            self.log = LossLog(self.dir / rundir.LOSS, resume_step)
+        resume_step = trainer.iter_num if resume else None  # rank 0 alone writes loss.csv:
+        self.log: Any = LossLog(self.dir / rundir.LOSS, resume_step) if self.ranks.main else NoLossLog()
         try:
             if self.ranks.main:
                 rundir.trim_samples(self.dir / rundir.SAMPLES, trainer.iter_num)
@@ -257,7 +252,7 @@ class TrainingRun:
                 self.log.write(LossRow(0, None, val, trainer.lr, 0, self.elapsed()))
                 self.progress.update(0, None, val, trainer.lr, 0.0)
             trainer.add_callback("on_batch_end", self.on_batch_end)
-            if self.signal_received is None and trainer.diverged is None:
+            if not self._stop_requested() and trainer.diverged is None:  # on no rank, before step 1
                 trainer.run()
             if (
                 self.final_val is None
@@ -310,9 +305,7 @@ class TrainingRun:
     def on_batch_end(self, trainer: Any) -> None:
         """The trainer's ``on_batch_end`` callback: log, evaluate, sample, checkpoint, stop."""
         tc = self.cfg.trainer
-        stopping = distributed.any_rank(self.ranks, self.signal_received is not None, trainer.device)
-        if stopping and self.signal_received is None:  # another rank's: stop at this same step
-            self.signal_received = "a stop signal to another rank"
+        stopping = self._stop_requested()
         step = trainer.iter_num
         last = step >= tc.max_iters
         evaluate = last or step % tc.eval_interval == 0
@@ -347,6 +340,12 @@ class TrainingRun:
 
     def _save_checkpoint(self) -> None:  # on every rank: their RNG states are gathered
         save_checkpoint(self.ckpt_path, self.trainer, self.elapsed(), self.cfg.to_dict(), self.data)
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal came to any rank (every rank calls this at the same step)."""
+        if distributed.any_rank(self.ranks, self.signal_received is not None, self.device):
+            self.signal_received = self.signal_received or "a stop signal to another rank"
+        return self.signal_received is not None
 
     def _write_final(self, record: FinalRecord) -> None:
         if self.ranks.main:
