@@ -201,6 +201,7 @@ class FinalRecord:
     flops_per_token: float | None = None
     peak_flops: float | None = None
     device: str | None = None
+    world_size: int | None = None  # ranks (one device each) that trained it; mfu is per device
     n_params: int | None = None
     n_params_non_embedding: int | None = None
     skipped_lines: int | None = None

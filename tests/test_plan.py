@@ -121,7 +121,9 @@ def test_shipped_specs_are_valid():
         ("[base]\nsystem.seed = 3\n", "system.seed is set by reatt plan"),
         ('[base]\nsystem.work_dir = "x"\n', "system.work_dir is set by reatt plan"),
         ("[slurm]\npartition = 3\n", "[slurm] partition = 3: expected a string"),
-        ("[slurm]\nnodes = 2\n", "[slurm]: unknown key 'nodes'"),
+        ("[slurm]\nnode_count = 2\n", "[slurm]: unknown key 'node_count'"),
+        ("[slurm]\ngpus = 2\n", "slurm.gpus = 2: one training process uses one GPU"),
+        ("[slurm]\ngpus_per_node = 2\nntasks_per_node = 4\n", "ntasks_per_node = 4 but gpus_per_node = 2"),
         ("[extra]\na = 1\n", "unknown table(s) extra"),
     ],
 )

@@ -493,3 +493,142 @@ def test_strict_undefined(tmp_path):
 
     with pytest.raises(jinja2.UndefinedError):
         render_job_script(job(), SlurmSettings(), CTX, templates=tmp_path)
+
+
+# ----------------------------------------------------------------------- ranks: nodes x GPUs
+
+DDP = SlurmSettings(nodes=2, gpus_per_node=4, signal="USR2", signal_seconds=300, time="02:00:00")
+
+
+def test_ranks_render_nodes_tasks_and_gpus_consistently(tmp_path):
+    text = render_job_script(job(), DDP, CTX)
+    sbatch = {line for line in text.splitlines() if line.startswith("#SBATCH")}
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4"} <= sbatch
+    assert "#SBATCH --signal=USR2@300" in sbatch  # every rank's task, not the batch shell (B:)
+    assert not any(line.startswith(("#SBATCH --ntasks=", "#SBATCH --gres")) for line in sbatch)
+    assert "srun --ntasks=8 --ntasks-per-node=4 --cpus-per-task=2 bash -c \\" in text
+    assert "export WORLD_SIZE=8" in text
+    bash_syntax_ok(text, tmp_path)
+    # one process on one GPU renders as before
+    one = render_job_script(job(), SlurmSettings(gpus_per_node=1), CTX)
+    assert "#SBATCH --ntasks=1" in one and "#SBATCH --gpus-per-node=1" in one and "srun" not in one
+    assert "#SBATCH --signal=B:USR1@120" in one  # the default: to the batch shell, which forwards it
+    ranks = render_job_script(job(), SlurmSettings(ntasks_per_node=2), CTX)
+    assert "#SBATCH --signal=USR2@120" in ranks  # the default of ranks: USR2 to each (NCCL and USR1)
+    assert '[ "$rc" = 140 ]' in ranks  # 128 + USR2: killed before its handler was set
+    array = render_array_script([job(0, "a"), job(1, "b")], DDP, CTX, throttle=0)
+    assert "srun --ntasks=8" in array and "requeue_id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" in array
+    bash_syntax_ok(array, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gpus": 2}, "slurm.gpus = 2: one training process uses one GPU, the others would sit idle"),
+        ({"gpus": 1, "gpus_per_node": 2}, "slurm.gpus and slurm.gpus_per_node are both set"),
+        ({"gpus_per_node": 4, "ntasks_per_node": 2}, "slurm.ntasks_per_node = 2 but gpus_per_node = 4"),
+        ({"signal": "HUP"}, "slurm.signal = 'HUP': expected one of USR1, USR2, TERM"),
+        ({"signal": "TERM"}, "slurm.signal = 'TERM' in a one-process job"),
+        ({"nodes": 0}, "slurm.nodes = 0: expected an integer >= 1"),
+        ({"extra_sbatch": ["--nodes=4"]}, "--nodes is set by reatt from [slurm] nodes, gpus_per_node"),
+        ({"extra_sbatch": ["-N 4"]}, "(sbatch reads -N as --nodes)"),
+        ({"extra_sbatch": ["--gpus-per-node=8"]}, "--gpus-per-node is set by reatt"),
+    ],
+)
+def test_rank_settings_that_do_not_fit_are_refused(changes, message):
+    with pytest.raises(SpecError) as e:
+        check_settings(dataclasses.replace(SlurmSettings(), **changes))
+    assert message in str(e.value)
+
+
+def _rank_stubs(tmp_path: Path) -> Path:
+    """srun running its command once per rank (SLURM_PROCID, SLURM_LOCALID), and scontrol
+    naming two hosts and logging everything else; python records its rank and exits $STUB_RC."""
+    bin_dir = tmp_path / "bin"
+    log = fake_scontrol(bin_dir)
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/bash\nif [ "$1 $2" = "show hostnames" ]; then printf "nodeA\\nnodeB\\n"; exit 0; fi\n'
+        f'printf "%s\\n" "$*" >> {json.dumps(str(log))}\n'
+    )
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
+        'for i in 0 1 2 3; do SLURM_PROCID=$i SLURM_LOCALID=$((i % 2)) "$@" & done\n'
+        "rc=0; for j in 1 2 3 4; do wait -n; r=$?; [ $r -gt $rc ] && rc=$r; done; exit $rc\n"
+    )
+    python = tmp_path / "rank-python"
+    python.write_text(
+        f"#!{sys.executable}\nimport json, os, sys, time\n"
+        "keys = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')\n"
+        "path = os.environ['STUB_OUT'] + '.' + os.environ['RANK']\n"
+        "open(path, 'w').write(json.dumps({k: os.environ.get(k) for k in keys}))\n"
+        "time.sleep(float(os.environ.get('STUB_SLEEP', '0')))\n"
+        "sys.exit(int(os.environ['STUB_RC']))\n"
+    )
+    for path in (bin_dir / "scontrol", bin_dir / "srun", python):
+        path.chmod(0o755)
+    return python
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+@pytest.mark.parametrize(("rc", "requeued"), [(75, True), (140, True), (1, False), (0, False)])
+def test_ranks_get_their_rendezvous_and_an_interrupted_job_requeues_once(tmp_path, rc, requeued):
+    python = _rank_stubs(tmp_path)
+    ctx = ScriptContext(str(tmp_path), str(python), str(tmp_path / "logs"))
+    settings = SlurmSettings(nodes=2, gpus_per_node=2, signal="USR2")
+    text = render_job_script(job(), settings, ctx)
+    proc = subprocess.run(
+        [BASH or "bash", "-c", text],
+        cwd=tmp_path,
+        env={
+            "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NODELIST": "node[A-B]",
+            "STUB_OUT": str(tmp_path / "rank"),
+            "STUB_RC": str(rc),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == rc, proc.stdout + proc.stderr
+    seen = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in range(4)]
+    assert [(s["RANK"], s["LOCAL_RANK"]) for s in seen] == [("0", "0"), ("1", "1"), ("2", "0"), ("3", "1")]
+    assert {(s["WORLD_SIZE"], s["MASTER_ADDR"], s["MASTER_PORT"]) for s in seen} == {("4", "nodeA", "24242")}
+    log = tmp_path / "bin" / "scontrol.log"
+    assert (log.read_text() if log.exists() else "") == ("requeue 4242\n" if requeued else "")
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+def test_scancel_of_a_ranks_job_is_not_requeued(tmp_path):
+    python = _rank_stubs(tmp_path)
+    ctx = ScriptContext(str(tmp_path), str(python), str(tmp_path / "logs"))
+    text = render_job_script(job(), SlurmSettings(nodes=2, gpus_per_node=2), ctx)
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "SLURM_JOB_ID": "4242",
+        "STUB_OUT": str(tmp_path / "rank"),
+        "SLURM_JOB_NODELIST": "node[A-B]",
+        "STUB_RC": "75",
+        "STUB_SLEEP": "2",
+    }
+    proc = subprocess.Popen(
+        [BASH or "bash", str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "rank.3").exists():  # every rank started
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)  # what scancel sends the batch shell (the tasks get theirs)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, out + err
+    assert "not requeued" in out
+    assert not (tmp_path / "bin" / "scontrol.log").exists()

@@ -46,7 +46,9 @@ def submit(
     time: Annotated[str | None, typer.Option(help="Slurm time limit, e.g. 02:00:00")] = None,
     cpus: Annotated[int | None, typer.Option(min=1, help="CPUs per task")] = None,
     mem: Annotated[str | None, typer.Option(help="Memory per job, e.g. 16G")] = None,
-    gpus: Annotated[int | None, typer.Option(min=0, help="GPUs per job")] = None,
+    gpus: Annotated[
+        int | None, typer.Option(min=0, help="GPUs of a one-process job: 0 or 1 (ranks: gpus_per_node)")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Run a study's planned jobs here, or submit them to Slurm with --cluster.

@@ -3,8 +3,9 @@
 The trainer's state (model, optimizer, step, every RNG state, loss accumulators, counters),
 the wall time so far, the config and the identity of the data it trains on, saved with
 ``torch.save`` through an atomic, fsynced write: a node crash leaves the old checkpoint or the
-new one, never a part. It is loaded with ``weights_only=True``: a crafted ckpt.pt cannot run
-code, it is only an unreadable checkpoint.
+new one, never a part. A run of several ranks saves one file, written by rank 0, with every
+rank's RNG state (``ranks``: the world size and the states by rank). It is loaded with
+``weights_only=True``: a crafted ckpt.pt cannot run code, it is only an unreadable checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from reatt.errors import RunDirError
 from reatt.files import atomic_writer
+from reatt.training import distributed
 
 FULL_BELOW = 64 << 20  # a failed torch.save with less free space than this: the disk is full
 
@@ -24,9 +26,14 @@ FULL_BELOW = 64 << 20  # a failed torch.save with less free space than this: the
 def save_checkpoint(
     path: Path, trainer: Any, elapsed_s: float, config: dict[str, Any], data: dict[str, Any]
 ) -> None:
+    """On every rank (each one's RNG state is gathered); rank 0 writes."""
     import torch
 
+    rngs = distributed.gather(trainer.ranks, trainer.rng_state())
+    if not trainer.ranks.main:
+        return
     state = {"trainer": trainer.state_dict(), "elapsed_s": elapsed_s, "config": config, "data": data}
+    state["ranks"] = {"world_size": trainer.ranks.world_size, "rng": rngs}
     try:
         with atomic_writer(path, "wb") as f:  # fsynced: a node crash leaves the old or the new
             torch.save(state, f)
@@ -69,13 +76,33 @@ def load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
         raise unreadable(path, e) from None
 
 
-def restore(path: Path, trainer: Any, state: dict[str, Any]) -> float:
-    """Put ``state`` (from ``load_checkpoint``) into ``trainer``; the wall time so far."""
+def restore(path: Path, trainer: Any, state: dict[str, Any], rng_used: bool) -> float:
+    """Put ``state`` (from ``load_checkpoint``) into ``trainer``, each rank its own RNG state;
+    the wall time so far. On another number of ranks than it was saved by, the model, optimizer
+    and data position carry over (the sample stream does not depend on the world size) but the
+    ranks' RNG streams cannot: refused where training draws from them (``rng_used``: dropout)."""
+    saved = state.get("ranks") or {"world_size": 1, "rng": None}  # older checkpoints: one process
+    world = trainer.ranks.world_size
+    if saved["world_size"] != world and rng_used:
+        raise RunDirError(
+            f"cannot resume {path}: it was saved by a run of {saved['world_size']} rank(s), this one "
+            f"has {world}; with dropout on, each rank's dropout stream cannot continue on another "
+            f"number of ranks: resume with {saved['world_size']} (torchrun --nproc-per-node, "
+            "[slurm] nodes x gpus_per_node), or move the work dir aside to start over"
+        )
     try:
-        trainer.load_state_dict(state["trainer"])
+        trainer.load_state_dict(state["trainer"])  # rank 0's RNG state
+        if saved["rng"] is not None and saved["world_size"] == world:
+            trainer.set_rng_state(saved["rng"][trainer.ranks.rank])
         return float(state["elapsed_s"])
     except Exception as e:  # shapes or keys of another model, a damaged state...
         raise unreadable(path, e) from None
+
+
+def uses_rng(cfg: Any) -> bool:
+    """Whether training draws from the global RNG (dropout): its state then matters on resume."""
+    m = cfg.model
+    return any(getattr(m, k) > 0 for k in ("embd_pdrop", "resid_pdrop", "attn_pdrop"))
 
 
 def unreadable(path: Path, e: Exception) -> RunDirError:

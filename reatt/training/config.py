@@ -256,6 +256,7 @@ def check_config(cfg: CfgNode) -> None:
         "data.block_size": d.block_size,
         "trainer.max_iters": t.max_iters,
         "trainer.batch_size": t.batch_size,
+        "trainer.grad_accum_steps": t.grad_accum_steps,
         "trainer.eval_interval": t.eval_interval,
         "trainer.eval_windows": t.eval_windows,
         "trainer.log_interval": t.log_interval,
@@ -282,6 +283,11 @@ def check_config(cfg: CfgNode) -> None:
     for k in ("embd_pdrop", "resid_pdrop", "attn_pdrop"):
         if not 0.0 <= getattr(m, k) < 1.0:
             errors.append(f"model.{k}={getattr(m, k)!r} must be in [0, 1)")
+    if t.grad_accum_steps > 0 and t.batch_size > 0 and t.batch_size % t.grad_accum_steps:
+        errors.append(
+            f"trainer.batch_size={t.batch_size} must be divisible by "
+            f"trainer.grad_accum_steps={t.grad_accum_steps} (and by it x the number of ranks)"
+        )
     if not 0.0 < d.test_size < 1.0:
         errors.append(f"data.test_size={d.test_size!r} must be between 0 and 1 (a fraction of documents)")
     if d.split != "train":

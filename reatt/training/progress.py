@@ -12,10 +12,11 @@ from reatt.training.schema import help_rows
 class TrainProgress:
     """A rich progress bar on a terminal; plain lines (for Slurm logs) otherwise."""
 
-    def __init__(self, total: int, start: int) -> None:
+    def __init__(self, total: int, start: int, show: bool = True) -> None:
         self.total = total
+        self.show = show  # False on ranks other than 0: one rank speaks for the run
         self.bar: Any = None
-        if sys.stdout.isatty():
+        if show and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
@@ -36,6 +37,8 @@ class TrainProgress:
             parts.append(f"val {val:.4f}")
         parts += [f"lr {lr:.2e}", f"{tok_s:,.0f} tok/s"]
         line = " | ".join(parts)
+        if not self.show:
+            return
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=line.split(" | ", 1)[-1])
             if val is not None:
@@ -44,6 +47,8 @@ class TrainProgress:
             print(line, flush=True)
 
     def message(self, text: str) -> None:
+        if not self.show:
+            return
         if self.bar is not None:
             self.bar.console.print(text)
         else:

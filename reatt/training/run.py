@@ -7,6 +7,9 @@ Writes the run directory described in docs/run-directory.md through ``reatt.rund
 with ``EXIT_INTERRUPTED``. One process at a time trains a work dir: it holds the exclusive lock
 ``<work_dir>/.lock`` (holding its pid) for the whole run; a second one exits with
 ``EXIT_USAGE`` without writing anything. torch is imported only once training starts.
+
+Under torchrun (``reatt.training.distributed``) every rank runs this, rank 0 alone writes; a
+stop signal to any rank stops all after the same step (the flag is all-reduced each step).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 from reatt import rundir
-from reatt.errors import ReattError, RunDirError
+from reatt.errors import ReattError
 from reatt.files import remove_temp_files, utc_iso
 from reatt.rundir import (
     EXIT_DIVERGED,
@@ -35,19 +38,23 @@ from reatt.rundir import (
     LossLog,
     LossRow,
 )
-from reatt.training.checkpoint import load_checkpoint, restore, save_checkpoint
+from reatt.training import distributed
+from reatt.training.checkpoint import load_checkpoint, restore, save_checkpoint, uses_rng
 from reatt.training.config import CfgNode, check_config, get_default_config
+from reatt.training.distributed import NoLossLog
 from reatt.training.progress import TrainProgress, print_help
 from reatt.training.pruning import prune_reason
+from reatt.training.sampling import sample_block
 from reatt.training.workdir import (
     DATA_IDENTITY,
     check_same_data,
     check_work_dir,
-    lock_work_dir,
+    lock_or_say_why,
+    lock_work_dir,  # noqa: F401 (tests/test_run.py takes it from here)
     write_start_files,
 )
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 def parse_config(argv: list[str]) -> CfgNode:
@@ -88,59 +95,54 @@ class TrainingRun:
         self.skipped_lines = 0
         self.elapsed_before = 0.0
         self.t_start = time.time()
-        self._check_work_dir()
+        self.ranks = distributed.ranks_from_env()
+        distributed.check_batch(cfg.trainer.batch_size, cfg.trainer.grad_accum_steps, self.ranks.world_size)
+        self.already_completed = check_work_dir(self.dir, self.cfg)
         self.device: Any = None
         if not self.already_completed:
             # the device is part of the config's check: a missing GPU is exit 2, nothing written
             from reatt.training.trainer import device_name, resolve_device
 
-            self.device = resolve_device(cfg.trainer.device)
+            self.device = distributed.rank_device(self.ranks, resolve_device(cfg.trainer.device))
             self.device_desc = device_name(self.device)
-
-    def _check_work_dir(self) -> None:
-        self.already_completed = check_work_dir(self.dir, self.cfg)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signal_received = signal.Signals(signum).name
 
     def execute(self) -> int:
         if self.already_completed:
-            print(f"{self.dir}: already completed (final.json); nothing to do")
+            if self.ranks.main:
+                print(f"{self.dir}: already completed (final.json); nothing to do")
             return EXIT_OK
+        distributed.init(self.ranks, self.device)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            lock, warning = lock_work_dir(self.dir)
-        except OSError as e:
-            print(
-                f"error: cannot create system.work_dir={str(self.dir)!r}: {e.strerror or e}", file=sys.stderr
-            )
-            return EXIT_USAGE
-        except RunDirError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+            return self._execute_ranks()
+        finally:
+            distributed.close(self.ranks)
+
+    def _execute_ranks(self) -> int:
+        # the lock is rank 0's (None: refused, and said why): the others follow its outcome
+        lock = lock_or_say_why(self.dir) if self.ranks.main else None
+        code = distributed.from_main(self.ranks, EXIT_USAGE if self.ranks.main and lock is None else None)
+        if code is not None:
+            return int(code)
         try:
             return self._execute_locked()
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def _execute_locked(self) -> int:
-        try:  # again: another process may have changed the work dir before we held the lock
-            self._check_work_dir()
-        except ReattError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        if self.already_completed:
-            print(f"{self.dir}: already completed (final.json); nothing to do")
-            return EXIT_OK
-        (self.dir / rundir.FINAL).unlink(missing_ok=True)  # a failed attempt's; this one replaces it
-        remove_temp_files(self.dir)  # of writers killed mid-write (ckpt.pt's can be large): we hold the lock
+        code = distributed.from_main(self.ranks, self._recheck_locked() if self.ranks.main else None)
+        if code is not None:
+            return int(code)
         self.t_start = time.time()
         self.elapsed_before = 0.0
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
-            return self._train()
+            code = self._train()
+            distributed.barrier(self.ranks)  # no rank exits while rank 0 still writes
+            return code
         except Exception as e:  # a real failure: record it, keep the traceback of a bug in the log
             if isinstance(e, ReattError):
                 message = str(e)
@@ -150,7 +152,8 @@ class TrainingRun:
                 traceback.print_exc()
                 message = f"{type(e).__name__}: {e}"
             try:
-                self._final_record(rundir.FINAL_FAILED, error=message).write(self.dir)
+                if self.ranks.main:
+                    self._final_record(rundir.FINAL_FAILED, error=message).write(self.dir)
             except OSError as again:
                 message += f" (and final.json could not be written: {again.strerror or again})"
             print(f"error: {message}", file=sys.stderr)
@@ -158,6 +161,21 @@ class TrainingRun:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+    def _recheck_locked(self) -> int | None:
+        """Rank 0, holding the lock: the work dir checked again (another process may have changed
+        it before we held the lock), a failed attempt's leftovers removed; an exit code to stop."""
+        try:
+            self.already_completed = check_work_dir(self.dir, self.cfg)
+        except ReattError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if self.already_completed:
+            print(f"{self.dir}: already completed (final.json); nothing to do")
+            return EXIT_OK
+        (self.dir / rundir.FINAL).unlink(missing_ok=True)  # a failed attempt's; this one replaces it
+        remove_temp_files(self.dir)  # of writers killed mid-write (ckpt.pt's can be large): we hold the lock
+        return None
 
     def elapsed(self) -> float:
         return self.elapsed_before + (time.time() - self.t_start)
@@ -188,7 +206,7 @@ class TrainingRun:
         eval_x, eval_y = eval_ds.eval_windows(cfg.trainer.eval_windows)
         self.tokenizer = train_ds.tokenizer
         self.skipped_lines = train_ds.skipped_lines
-        if self.skipped_lines:
+        if self.skipped_lines and self.ranks.main:
             print(
                 f"warning: skipped {self.skipped_lines} bad line(s) of {train_ds.source_path} "
                 "(data.skip_bad_lines=True); the first ones are listed in config.json's meta.data",
@@ -198,7 +216,8 @@ class TrainingRun:
             cfg.model, vocab_size=train_ds.vocab_size, block_size=cfg.data.block_size, seed=cfg.system.seed
         ).to(self.device)
         self.model_info = model.describe()
-        self.trainer = Trainer(cfg.trainer, model, train_ds, eval_x, eval_y, self.device)
+        distributed.seed_rank(self.ranks, cfg.system.seed)  # each rank's own dropout stream
+        self.trainer = Trainer(cfg.trainer, model, train_ds, eval_x, eval_y, self.device, self.ranks)
         return train_ds, eval_ds
 
     def _train(self) -> int:
@@ -211,16 +230,18 @@ class TrainingRun:
         if resume:
             state = load_checkpoint(self.ckpt_path, self.device)
             check_same_data(self.dir, state.get("data"), self.data)  # before anything is written
-            self.elapsed_before = restore(self.ckpt_path, trainer, state)
+            self.elapsed_before = restore(self.ckpt_path, trainer, state, uses_rng(cfg))
         # before anything else is written: a loss.csv that cannot be resumed stops here
-        self.log = LossLog(self.dir / rundir.LOSS, trainer.iter_num if resume else None)
+        resume_step = trainer.iter_num if resume else None  # rank 0 alone writes loss.csv:
+        self.log: Any = LossLog(self.dir / rundir.LOSS, resume_step) if self.ranks.main else NoLossLog()
         try:
-            rundir.trim_samples(self.dir / rundir.SAMPLES, trainer.iter_num)
-            self._write_start_files(train_ds, eval_ds, resumed_from=trainer.iter_num if resume else None)
+            if self.ranks.main:
+                rundir.trim_samples(self.dir / rundir.SAMPLES, trainer.iter_num)
+                self._write_start_files(train_ds, eval_ds, resumed_from=trainer.iter_num if resume else None)
         except BaseException:
             self.log.close()
             raise
-        self.progress = TrainProgress(cfg.trainer.max_iters, trainer.iter_num)
+        self.progress = TrainProgress(cfg.trainer.max_iters, trainer.iter_num, show=self.ranks.main)
         try:
             for problem in self.log.problems:
                 self.progress.message(f"warning: dropped a malformed row on resume: {problem}")
@@ -231,7 +252,7 @@ class TrainingRun:
                 self.log.write(LossRow(0, None, val, trainer.lr, 0, self.elapsed()))
                 self.progress.update(0, None, val, trainer.lr, 0.0)
             trainer.add_callback("on_batch_end", self.on_batch_end)
-            if self.signal_received is None and trainer.diverged is None:
+            if not self._stop_requested() and trainer.diverged is None:  # on no rank, before step 1
                 trainer.run()
             if (
                 self.final_val is None
@@ -253,13 +274,13 @@ class TrainingRun:
                     self.log.write(row)
                 self.progress.message(f"error: {trainer.diverged}; stopped (final.json: diverged)")
                 record = self._final_record(rundir.FINAL_DIVERGED, error=str(trainer.diverged))
-                replace(record, diverged_at=trainer.diverged.step).write(self.dir)
+                self._write_final(replace(record, diverged_at=trainer.diverged.step))
                 return EXIT_DIVERGED
             if self.pruned is not None:  # behind a sibling candidate: a tuning result, not a failure
                 step, val, why = self.pruned
                 self.progress.message(f"{why}; stopped (final.json: pruned)")
                 record = self._final_record(rundir.FINAL_PRUNED, error=why)
-                replace(record, final_nll=val, pruned_at=step).write(self.dir)
+                self._write_final(replace(record, final_nll=val, pruned_at=step))
                 return EXIT_PRUNED
             if self.signal_received is not None and trainer.iter_num < cfg.trainer.max_iters:
                 self._save_checkpoint()
@@ -275,7 +296,7 @@ class TrainingRun:
                 if self.final_train is None:
                     self.final_train = self.log.loss_at(trainer.iter_num)
             self._save_checkpoint()
-            self._final_record(rundir.FINAL_COMPLETED).write(self.dir)
+            self._write_final(self._final_record(rundir.FINAL_COMPLETED))
         finally:
             self.progress.close()
             self.log.close()
@@ -284,6 +305,7 @@ class TrainingRun:
     def on_batch_end(self, trainer: Any) -> None:
         """The trainer's ``on_batch_end`` callback: log, evaluate, sample, checkpoint, stop."""
         tc = self.cfg.trainer
+        stopping = self._stop_requested()
         step = trainer.iter_num
         last = step >= tc.max_iters
         evaluate = last or step % tc.eval_interval == 0
@@ -298,36 +320,36 @@ class TrainingRun:
         if trainer.diverged is not None:  # no sample or checkpoint of a diverged model
             return
         if evaluate and not last and val is not None:
-            why = prune_reason(tc, step, val)
+            # siblings' files, read by rank 0: every rank takes its decision
+            why = distributed.from_main(self.ranks, prune_reason(tc, step, val) if self.ranks.main else None)
             if why is not None:
                 self.pruned, trainer.stop = (step, val, why), True
                 return
-        if tc.sample_interval and step % tc.sample_interval == 0:
+        if tc.sample_interval and step % tc.sample_interval == 0 and self.ranks.main:
             self._sample(step)
         if tc.ckpt_interval and step % tc.ckpt_interval == 0 and not last:
             self._save_checkpoint()
-        if self.signal_received is not None:
+        if stopping:
             trainer.stop = True
 
     def _sample(self, step: int) -> None:
-        import torch
-
-        trainer, tok = self.trainer, self.tokenizer
-        prompt = self.cfg.trainer.sample_prompt
-        ids = tok.encode(prompt) if prompt else [tok.eos_token_id]
-        gen = torch.Generator(device=trainer.device).manual_seed(self.cfg.system.seed + step)
-        x = torch.tensor([ids], dtype=torch.long, device=trainer.device)
-        trainer.model.eval()
-        with trainer.autocast():
-            out = trainer.model.generate(x, self.cfg.trainer.sample_tokens, top_k=40, generator=gen)
-        trainer.model.train()
-        block = rundir.sample_block(step, prompt + tok.decode(out[0, len(ids) :].tolist()))
+        block = sample_block(self.trainer, self.tokenizer, self.cfg, step)
         self.progress.message(block.rstrip())
         with open(self.dir / rundir.SAMPLES, "a", encoding="utf-8") as f:
             f.write(block)
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self) -> None:  # on every rank: their RNG states are gathered
         save_checkpoint(self.ckpt_path, self.trainer, self.elapsed(), self.cfg.to_dict(), self.data)
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal came to any rank (every rank calls this at the same step)."""
+        if distributed.any_rank(self.ranks, self.signal_received is not None, self.device):
+            self.signal_received = self.signal_received or "a stop signal to another rank"
+        return self.signal_received is not None
+
+    def _write_final(self, record: FinalRecord) -> None:
+        if self.ranks.main:
+            record.write(self.dir)
 
     def _write_start_files(self, train_ds: Any, eval_ds: Any, resumed_from: int | None) -> None:
         import torch
@@ -337,6 +359,7 @@ class TrainingRun:
             "device": self.device_desc,
             "started_at": utc_iso(),
             "threads": torch.get_num_threads(),  # CPU results are bit-identical for one thread count
+            "world_size": self.ranks.world_size,
             "model": self.model_info,
             "n_params": self.model_info["n_params"],
             "n_params_non_embedding": self.model_info["n_params_non_embedding"],
@@ -363,10 +386,11 @@ class TrainingRun:
             wall_time_s=round(self.elapsed(), 3),
             train_time_s=round(train_time, 3),
             tokens_per_s=tok_s,
-            mfu=tok_s * fpt / peak if (peak and tok_s and fpt) else None,
+            mfu=tok_s * fpt / (peak * self.ranks.world_size) if (peak and tok_s and fpt) else None,
             flops_per_token=fpt,
             peak_flops=peak,
             device=self.device_desc,
+            world_size=self.ranks.world_size,
             n_params=info.get("n_params"),
             n_params_non_embedding=info.get("n_params_non_embedding"),
             skipped_lines=self.skipped_lines,

@@ -102,7 +102,10 @@ SCHEMA: dict[str, Key] = {
         0, "DataLoader worker processes for drawing batches (0: in the training process)"
     ),
     "trainer.max_iters": Key(1000, "optimizer steps"),
-    "trainer.batch_size": Key(8, "sequences per step"),
+    "trainer.batch_size": Key(8, "sequences per step (the global batch, whatever the number of ranks)"),
+    "trainer.grad_accum_steps": Key(
+        1, "microbatches per step on each rank: batch_size / (ranks x this) sequences each"
+    ),
     "trainer.learning_rate": Key(5e-4, "base (peak) learning rate"),
     "trainer.betas": Key((0.9, 0.95), "AdamW betas"),
     "trainer.weight_decay": Key(0.1, "AdamW weight decay, on Linear weights only (minGPT's split)"),

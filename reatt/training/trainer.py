@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reatt.training.config import CfgNode
+from reatt.training.distributed import Ranks, check_batch, mean_over_ranks
 
 if TYPE_CHECKING:
     from reatt.training.model import GPT
@@ -124,8 +125,20 @@ class Divergence(NamedTuple):
         return f"diverged at step {self.step}: {self.what}"
 
 
+def rank_samples(start_step: int, batch_size: int, ranks: Ranks) -> Iterator[int]:
+    """The sample indices of this rank, step after step from ``start_step``: step s trains on
+    samples ``s * batch_size + i`` (i < batch_size) whatever the world size, and rank r takes
+    the r-th contiguous slice of them (its grad_accum_steps microbatches, in order)."""
+    share = batch_size // ranks.world_size
+    for step in itertools.count(start_step):
+        first = step * batch_size + ranks.rank * share
+        yield from range(first, first + share)
+
+
 class Trainer:
-    """Trains ``model`` on batches ``train_dataset[k]``, k = step * batch_size + i."""
+    """Trains ``model`` on batches ``train_dataset[k]``, k = step * batch_size + i: each step's
+    batch split over the ranks (DDP averages their gradients) and over ``grad_accum_steps``
+    microbatches, so the samples of a step do not depend on the world size."""
 
     def __init__(
         self,
@@ -135,8 +148,12 @@ class Trainer:
         eval_x: torch.Tensor,
         eval_y: torch.Tensor,
         device: torch.device,
+        ranks: Ranks | None = None,
     ) -> None:
         self.config = config
+        self.ranks = ranks or Ranks()
+        self.accum = int(config.grad_accum_steps)
+        self.micro = check_batch(config.batch_size, self.accum, self.ranks.world_size)
         self.model = model  # the plain module: its state_dict is what checkpoints hold
         self.device = device
         self.train_dataset = train_dataset
@@ -144,6 +161,13 @@ class Trainer:
         self.optimizer = model.configure_optimizer(config)
         self.autocast_bf16 = device.type == "cuda" and config.amp
         self.forward_model: Callable[..., Any] = torch.compile(model) if config.compile else model
+        self.train_model: Any = self.forward_model  # what a training step calls: DDP's wrapper on ranks
+        if self.ranks.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device] if device.type == "cuda" else None
+            ddp = DistributedDataParallel(model, device_ids=ids)
+            self.train_model = torch.compile(ddp) if config.compile else ddp
         self.callbacks: dict[str, list[Callable[[Trainer], None]]] = defaultdict(list)
         # progress, all restored on resume
         self.iter_num = 0  # optimizer steps completed
@@ -201,13 +225,13 @@ class Trainer:
         return mean
 
     def batches(self) -> DataLoader:
-        """Batches from sample index iter_num * batch_size on: a resumed run continues the
-        same stream, never repeating or skipping a batch."""
+        """This rank's microbatches from sample index iter_num * batch_size on: a resumed run
+        continues the same stream, never repeating or skipping a batch."""
         bs = self.config.batch_size
         return DataLoader(
             self.train_dataset,
-            batch_size=bs,
-            sampler=itertools.count(self.iter_num * bs),
+            batch_size=self.micro,
+            sampler=rank_samples(self.iter_num, bs, self.ranks),
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             # its own generator: creating the iterator draws a base seed, which must not come
@@ -221,20 +245,17 @@ class Trainer:
         model.train()
         if self.iter_num >= cfg.max_iters:
             return
-        for x, y in self.batches():
+        micro = iter(self.batches())
+        while True:
             t0 = time.perf_counter()
             self.lr = lr_at(self.iter_num, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                _, loss = self.forward_model(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.last_loss, tokens = self._forward_backward(micro)  # also waits for the device
             if cfg.grad_norm_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_norm_clip)
-            self.last_loss = loss.item()  # also waits for the device: the timing below is real
-            if not math.isfinite(self.last_loss):  # diverged: the step is not taken
+            if not math.isfinite(self.last_loss):  # diverged (on every rank): the step is not taken
                 self.diverged = Divergence(self.iter_num + 1, f"the training loss is {self.last_loss}")
                 break
             self.optimizer.step()
@@ -242,15 +263,49 @@ class Trainer:
             self.loss_sum += self.last_loss
             self.loss_count += 1
             self.iter_num += 1
-            self.tokens += x.numel()
+            self.tokens += tokens
             self.trigger_callbacks("on_batch_end")
             if self.stop or self.iter_num >= cfg.max_iters:
                 break
+
+    def _forward_backward(self, micro: Iterator[Any]) -> tuple[float, int]:
+        """One step's gradients, summed over this rank's microbatches (DDP averages them over
+        the ranks at the last one's backward); the step's loss (the mean over all ranks) and
+        its tokens (on all ranks)."""
+        total: Any = 0.0  # on the device: one wait for it per step, not per microbatch
+        tokens = 0
+        for i in range(self.accum):
+            x, y = next(micro)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = i == self.accum - 1
+            sync = nullcontext() if last or not self.ranks.distributed else self.train_model.no_sync()
+            with sync:
+                with self.autocast():
+                    _, loss = self.train_model(x, y)
+                (loss / self.accum if self.accum > 1 else loss).backward()
+            total = total + loss.detach().float()
+            tokens += x.numel() * self.ranks.world_size
+        return mean_over_ranks(self.ranks, total / self.accum if self.accum > 1 else total), tokens
 
     # --- checkpoint state ---
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs, in types ``torch.load(weights_only=True)`` accepts: tensors,
         numbers, strings, and lists, tuples and dicts of them (numpy's RNG state as a tensor)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iter_num": self.iter_num,
+            "tokens": self.tokens,
+            "train_time": self.train_time,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "last_loss": self.last_loss,
+            "last_mean_loss": self.last_mean_loss,
+            "rng": self.rng_state(),
+        }
+
+    def rng_state(self) -> dict[str, Any]:
+        """This process's RNG states (torch, python, numpy; CUDA where present)."""
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
@@ -265,18 +320,7 @@ class Trainer:
         }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "iter_num": self.iter_num,
-            "tokens": self.tokens,
-            "train_time": self.train_time,
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
-            "last_loss": self.last_loss,
-            "last_mean_loss": self.last_mean_loss,
-            "rng": rng,
-        }
+        return rng
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -284,7 +328,9 @@ class Trainer:
         for k in ("iter_num", "tokens", "train_time", "loss_sum", "loss_count", "last_loss"):
             setattr(self, k, state[k])
         self.last_mean_loss = state.get("last_mean_loss")  # absent from older checkpoints
-        rng = state["rng"]
+        self.set_rng_state(state["rng"])
+
+    def set_rng_state(self, rng: dict[str, Any]) -> None:
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         numpy_rng = rng["numpy"]

@@ -20,7 +20,7 @@ from reatt import __version__, rundir
 from reatt.errors import RunDirError
 from reatt.files import Held, LockBusy, this_host, try_lock
 from reatt.training.config import CfgNode, flatten, shown
-from reatt.training.schema import NODES
+from reatt.training.schema import NODES, SCHEMA
 
 # keys that change how a run executes, not what it computes: they may differ on resume
 EXECUTION_KEYS = {"system.work_dir", "system.num_threads", "trainer.num_workers"}
@@ -54,6 +54,8 @@ def config_differences(old: dict[str, Any], new: CfgNode) -> list[str]:
         before = old_flat.get(key, "<missing>")
         if isinstance(value, tuple):
             value = list(value)
+        if key not in old_flat and key in SCHEMA and SCHEMA[key].default == value:
+            continue  # a key added since that run started, at its default: what that run did
         if before != value:
             diffs.append(f"{key}: {before!r} -> {value!r}")
     return diffs
@@ -80,6 +82,22 @@ def lock_work_dir(directory: Path) -> tuple[Held, str | None]:
         f"cannot lock {directory / rundir.LOCK} ({problem}): nothing stops another process "
         "from training this work dir at the same time"
     )
+
+
+def lock_or_say_why(directory: Path) -> Held | None:
+    """``lock_work_dir`` after creating the dir; None where it cannot (said on stderr, exit 2)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock, warning = lock_work_dir(directory)
+    except OSError as e:
+        print(f"error: cannot create system.work_dir={str(directory)!r}: {e.strerror or e}", file=sys.stderr)
+        return None
+    except RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return lock
 
 
 def check_work_dir(directory: Path, cfg: CfgNode) -> bool:
@@ -148,6 +166,7 @@ def write_start_files(
     old = rundir.read_json(directory / rundir.CONFIG) or {}
     tree = {k: old[k] for k in NODES if k in old} or cfg.to_dict()
     first = dict(old.get("meta") or {})
-    now = {k: meta[k] for k in ("torch_version", "device", "started_at", "threads") if k in meta}
+    facts = ("torch_version", "device", "started_at", "threads", "world_size")
+    now = {k: meta[k] for k in facts if k in meta}
     first["resumes"] = [*(first.get("resumes") or []), {"from_step": resumed_from, **common, **now}]
     rundir.write_config(directory, tree, first)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,7 +162,8 @@ def _variables(
         "train_module": TRAIN_MODULE,
         "attempt_line": rundir.SLURM_ATTEMPT_SH,
         "exit_interrupted": rundir.EXIT_INTERRUPTED,
-        "exit_killed_by_usr1": rundir.EXIT_KILLED_BY_USR1,
+        "exit_killed_by_signal": 128 + int(getattr(signal, "SIG" + settings.time_signal)),
+        "world_size": settings.world_size,
     }
 
 

@@ -17,6 +17,8 @@ from reatt.errors import SpecError
 
 MAX_SIGNAL_SECONDS = 65535  # the largest --signal=...@N Slurm takes
 MIN_TRAIN_SECONDS = 60  # time limit - signal_seconds must leave at least this much
+# the signals a run checkpoints on (reatt.training.run.STOP_SIGNALS), as [slurm] signal names them
+SIGNALS = ("USR1", "USR2", "TERM")
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,16 @@ class SlurmSettings:
     time: str = "01:00:00"
     cpus_per_task: int = 2
     mem: str = "8G"
-    gpus: int = 0
+    gpus: int = 0  # one process on this many GPUs: 0 or 1 (more ranks: gpus_per_node)
+    nodes: int = 1  # nodes of a job; ranks = nodes x ntasks_per_node (one rank per GPU)
+    gpus_per_node: int = 0  # GPUs of each node, one rank each (0: CPU ranks)
+    ntasks_per_node: int = 0  # ranks on each node (0: gpus_per_node, or 1 without GPUs)
+    signal: str = ""  # sent signal_seconds before the time limit: USR1, USR2, TERM ("": time_signal)
     modules: list[str] = field(default_factory=list)  # `module load` each, in order
     venv: str = ""  # a virtualenv to activate (empty: the one reatt runs from, if any)
     hf_home: str = ""  # HF_HOME for the jobs (empty: inherit)
     extra_sbatch: list[str] = field(default_factory=list)  # more #SBATCH lines, e.g. "--constraint=a100"
-    signal_seconds: int = 120  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    signal_seconds: int = 120  # the signal this long before the time limit: checkpoint and requeue
     array_throttle: int = 0  # at most this many array tasks at once (0: no limit)
 
     @classmethod
@@ -58,6 +64,22 @@ class SlurmSettings:
                 raise SpecError(f"{where}[slurm] {key} = {value!r}: expected {expected}")
             values[key] = value
         return cls(**values)
+
+    @property
+    def tasks_per_node(self) -> int:
+        """Ranks on each node: ntasks_per_node, else one per GPU, else one."""
+        return self.ntasks_per_node or self.gpus_per_node or 1
+
+    @property
+    def time_signal(self) -> str:
+        """The signal before the time limit: ``signal``, else USR1 to one process's batch shell
+        (forwarded), USR2 to every rank (NCCL has caught USR1 in some versions)."""
+        return self.signal or ("USR2" if self.world_size > 1 else "USR1")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of a job: more than one trains with DDP, one srun task per rank."""
+        return self.nodes * self.tasks_per_node
 
     def with_overrides(self, **overrides: Any) -> SlurmSettings:
         """A copy with the CLI's non-None overrides applied."""
@@ -103,6 +125,12 @@ _RESERVED_OPTIONS = {
     "--requeue": None,
     "--no-requeue": None,
     "--signal": None,
+    # [slurm] nodes / gpus_per_node / ntasks_per_node: the ranks of a run, rendered consistently
+    "--nodes": "-N",
+    "--ntasks": "-n",
+    "--ntasks-per-node": None,
+    "--gpus-per-node": None,
+    "--gpus": "-G",
     # the job's environment: --export=...,BASH_ENV=... runs code of one's choosing in the job
     "--export": None,
     "--export-file": None,
@@ -156,6 +184,11 @@ def _extra_problem(line: str) -> str | None:
         )
     if "--time" in reserved:
         return f"--time is set by reatt{read_as} from [slurm] time (or --time): set it there"
+    if set(reserved) & {"--nodes", "--ntasks", "--ntasks-per-node", "--gpus-per-node", "--gpus"}:
+        return (
+            f"{' / '.join(reserved)} is set by reatt{read_as} from [slurm] nodes, gpus_per_node and "
+            "ntasks_per_node (one rank per task): set those instead"
+        )
     return (
         f"{' / '.join(reserved)} is set by reatt{read_as}; logs, requeue and status depend on it: "
         "remove this line"
@@ -184,6 +217,34 @@ def time_limit_seconds(text: str) -> int | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+def _rank_problems(settings: SlurmSettings) -> list[str]:
+    """Why the GPUs and ranks asked for do not fit together (gpus > 1 trained on one GPU)."""
+    s, problems = settings, []
+    if s.signal and s.signal not in SIGNALS:
+        problems.append(f"slurm.signal = {s.signal!r}: expected one of {', '.join(SIGNALS)}")
+    ints = all(isinstance(v, int) for v in (s.gpus, s.gpus_per_node, s.ntasks_per_node, s.nodes))
+    if not ints:
+        return problems
+    if s.signal == "TERM" and s.world_size == 1:
+        problems.append(
+            "slurm.signal = 'TERM' in a one-process job: Slurm sends it to the batch shell, which "
+            "cannot tell it from a scancel (not requeued); use USR1 or USR2 (TERM works with ranks > 1)"
+        )
+    if s.gpus > 1:
+        problems.append(
+            f"slurm.gpus = {s.gpus}: one training process uses one GPU, the others would sit idle; "
+            f"for {s.gpus} ranks (DDP) set gpus_per_node = {s.gpus} (and nodes) instead of gpus"
+        )
+    elif s.gpus and s.gpus_per_node:
+        problems.append("slurm.gpus and slurm.gpus_per_node are both set: keep gpus_per_node only")
+    if s.gpus_per_node and s.ntasks_per_node and s.ntasks_per_node != s.gpus_per_node:
+        problems.append(
+            f"slurm.ntasks_per_node = {s.ntasks_per_node} but gpus_per_node = {s.gpus_per_node}: "
+            "each rank trains on one GPU, so these must be equal (or leave ntasks_per_node at 0)"
+        )
+    return problems
+
+
 def check_settings(settings: SlurmSettings) -> None:
     """Refuse settings that would make a broken or unsafe script; every problem in one SpecError."""
     problems = []
@@ -193,11 +254,13 @@ def check_settings(settings: SlurmSettings) -> None:
             continue  # not asked for: the cluster's default
         if not isinstance(value, str) or not pattern.fullmatch(value):
             problems.append(f"slurm.{key} = {value!r}: expected {expected}")
-    for key in ("cpus_per_task", "gpus", "signal_seconds", "array_throttle"):
+    counts = ("cpus_per_task", "gpus", "nodes", "gpus_per_node", "ntasks_per_node", "signal_seconds")
+    for key in (*counts, "array_throttle"):
         value = getattr(settings, key)
-        low = 1 if key in ("cpus_per_task", "signal_seconds") else 0
+        low = 1 if key in ("cpus_per_task", "signal_seconds", "nodes") else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             problems.append(f"slurm.{key} = {value!r}: expected an integer >= {low}")
+    problems += _rank_problems(settings)
     signal_s = settings.signal_seconds
     if isinstance(signal_s, int) and signal_s > MAX_SIGNAL_SECONDS:
         problems.append(f"slurm.signal_seconds = {signal_s}: Slurm takes at most {MAX_SIGNAL_SECONDS}")
