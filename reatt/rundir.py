@@ -201,6 +201,7 @@ class FinalRecord:
     flops_per_token: float | None = None
     peak_flops: float | None = None
     device: str | None = None
+    precision: str | None = None  # trainer.precision resolved: "bf16" or "fp32" (older reatt: absent)
     n_params: int | None = None
     n_params_non_embedding: int | None = None
     skipped_lines: int | None = None

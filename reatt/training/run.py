@@ -44,6 +44,7 @@ from reatt.training.workdir import (
     check_same_data,
     check_work_dir,
     lock_work_dir,
+    recorded_precision,
     write_start_files,
 )
 
@@ -198,7 +199,9 @@ class TrainingRun:
             cfg.model, vocab_size=train_ds.vocab_size, block_size=cfg.data.block_size, seed=cfg.system.seed
         ).to(self.device)
         self.model_info = model.describe()
-        self.trainer = Trainer(cfg.trainer, model, train_ds, eval_x, eval_y, self.device)
+        # a resume keeps the precision its first start resolved (trainer.precision='auto')
+        kept = recorded_precision(self.dir) if self.ckpt_path.exists() else None
+        self.trainer = Trainer(cfg.trainer, model, train_ds, eval_x, eval_y, self.device, precision=kept)
         return train_ds, eval_ds
 
     def _train(self) -> int:
@@ -337,6 +340,7 @@ class TrainingRun:
             "device": self.device_desc,
             "started_at": utc_iso(),
             "threads": torch.get_num_threads(),  # CPU results are bit-identical for one thread count
+            "precision": self.trainer.precision,  # trainer.precision resolved: "bf16" or "fp32"
             "model": self.model_info,
             "n_params": self.model_info["n_params"],
             "n_params_non_embedding": self.model_info["n_params_non_embedding"],
@@ -351,7 +355,8 @@ class TrainingRun:
         tokens = t.tokens if t else 0
         train_time = t.train_time if t else 0.0
         tok_s = tokens / train_time if train_time else None
-        peak = peak_flops(self.device_desc or "", bool(t and t.autocast_bf16))
+        precision = t.precision if t else None
+        peak = peak_flops(self.device_desc or "", precision or "fp32")
         fpt = info.get("flops_per_token")
         completed = status == rundir.FINAL_COMPLETED
         return FinalRecord(
@@ -367,6 +372,7 @@ class TrainingRun:
             flops_per_token=fpt,
             peak_flops=peak,
             device=self.device_desc,
+            precision=precision,
             n_params=info.get("n_params"),
             n_params_non_embedding=info.get("n_params_non_embedding"),
             skipped_lines=self.skipped_lines,

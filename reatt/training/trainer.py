@@ -14,7 +14,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -22,12 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reatt.training.config import CfgNode
+from reatt.training.precision import autocast, resolve_precision
 
 if TYPE_CHECKING:
     from reatt.training.model import GPT
 
-# Dense bf16 peak FLOP/s by device-name substring, most specific first (vendor datasheets).
-# Devices not listed get mfu = null: never a guess.
+# Dense bf16 peak FLOP/s of CUDA devices by device-name substring, most specific first (vendor
+# datasheets). Devices not listed, CPUs, and fp32 runs get mfu = null: never a guess (a CPU's
+# peak depends on its clock under load, its cores' AMX units and the threads torch uses).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
@@ -40,9 +42,10 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
-def peak_flops(device_name: str, bf16: bool) -> float | None:
-    """The device's peak dense bf16 FLOP/s if known (and bf16 is in use), else None."""
-    if not bf16:
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """The device's peak dense bf16 FLOP/s if known and the run is in bf16 (``precision``,
+    resolved), else None. ``device_name`` as ``device_name()`` gives it ("cpu" matches none)."""
+    if precision != "bf16":
         return None
     for key, flops in PEAK_BF16_FLOPS:
         if key in device_name:
@@ -135,14 +138,17 @@ class Trainer:
         eval_x: torch.Tensor,
         eval_y: torch.Tensor,
         device: torch.device,
+        precision: str | None = None,
     ) -> None:
+        """``precision``: the resolved precision ("bf16", "fp32") a resumed run keeps (its
+        first start's); None resolves ``config.precision`` here."""
         self.config = config
         self.model = model  # the plain module: its state_dict is what checkpoints hold
         self.device = device
         self.train_dataset = train_dataset
         self.eval_x, self.eval_y = eval_x, eval_y
         self.optimizer = model.configure_optimizer(config)
-        self.autocast_bf16 = device.type == "cuda" and config.amp
+        self.precision = precision or resolve_precision(config.precision, device.type)
         self.forward_model: Callable[..., Any] = torch.compile(model) if config.compile else model
         self.callbacks: dict[str, list[Callable[[Trainer], None]]] = defaultdict(list)
         # progress, all restored on resume
@@ -166,9 +172,8 @@ class Trainer:
             fn(self)
 
     def autocast(self) -> AbstractContextManager[Any]:
-        if self.autocast_bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        """bf16 autocast on this device when the run's precision is bf16 (CUDA or CPU)."""
+        return autocast(self.device.type, self.precision)
 
     # --- loss bookkeeping for loss.csv ---
     def take_mean_loss(self) -> float | None:
