@@ -11,12 +11,22 @@ fp32 rounding: the sums are taken in another order). It computes ``chunk`` rows 
   ``softmax - onehot(target)``, and from it the chunk's rows of ``dL/dhidden`` and its term of
   ``dL/dW`` (summed in fp32); ``backward`` only scales them by the incoming gradient.
 
-So the loss holds one chunk's logits (``chunk x vocab x 4`` bytes: 256 rows of GPT-2's 50,257
-are 51 MB) instead of the batch's, and their gradient in the same buffer, and each chunk is
-read and written while it is still in cache. Computing the gradients in the forward pass (as
-the fused kernels of Liger and others do) costs no second logits matmul in the backward; it
-holds ``dL/dW`` (vocab x n_embd) from forward to backward, the size of the weight itself.
-Under ``torch.no_grad`` (evaluation) only the loss is computed.
+So the loss holds one chunk's logits (``chunk x vocab x 4`` bytes: 512 rows of GPT-2's 50,257
+are 103 MB) instead of the batch's, and their gradient in the same buffer: at B 8 x T 256 the
+plain loss holds 411 MB of logits and as much again of their gradient (plus their bf16 copies
+under autocast), the chunked one an eighth of that.
+
+The chunk size (``model.loss_chunk``, rows): each chunk reads the weight twice and adds into
+``dL/dW`` once, so small chunks cost weight traffic, large ones memory. Measured (CPU time of the
+loss alone, a rough measurement on a shared machine; ``bench/loss.py`` is the real one) 512 rows
+was at or near the fastest at n_embd 48 and 192, in fp32 and bf16, and 256 no faster. On CPU
+the loss is bound by its three matmuls (the same FLOPs either way), so the gain is in the
+elementwise passes over the logits, largest where n_embd is small.
+
+Computing the gradients in the forward pass (as the fused kernels of Liger and others do) costs
+no second logits matmul in the backward; it holds ``dL/dW`` (vocab x n_embd) from forward to
+backward, the size of the weight itself. Under ``torch.no_grad`` (evaluation) only the loss is
+computed.
 
 Rows whose target is ``ignore_index`` add nothing to the loss or the gradients, and the mean is
 over the other rows (none left: NaN, as ``F.cross_entropy`` gives).
@@ -111,8 +121,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_w is not None:
                 if cdtype == acc:
                     grad_w.addmm_(gc.t(), h)
-                else:  # a bf16 matmul, summed over the chunks in fp32
-                    grad_w += torch.mm(gc.t(), h).to(acc)
+                else:  # a bf16 matmul, summed over the chunks in fp32 (add_ converts as it adds)
+                    grad_w.add_(torch.mm(gc.t(), h))
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.dtypes = n, (hidden.dtype, weight.dtype)
         return loss_sum / n  # n == 0: NaN, as F.cross_entropy

@@ -102,7 +102,9 @@ SCHEMA: dict[str, Key] = {
         "lm_head and cross-entropy in chunks of rows, never the whole logits (equal to the plain "
         "loss within fp32 rounding; False: the plain loss)",
     ),
-    "model.loss_chunk": Key(256, "rows per chunk of the fused loss (256 x 50,257 fp32 logits: 51 MB)"),
+    "model.loss_chunk": Key(
+        512, "rows per chunk of the fused loss (512 x 50,257 fp32 logits: 103 MB; see reatt.training.loss)"
+    ),
     # --- trainer ---
     "trainer.device": Key("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'"),
     "trainer.num_workers": Key(
