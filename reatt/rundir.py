@@ -1,8 +1,7 @@
 """The run directory (docs/run-directory.md): its every file format, written and read here.
 
 The training program writes a run directory through this module (``LossLog``, ``FinalRecord``,
-``write_args``, ``write_config``, ``sample_block``); status, collect and the executors read it through this
-module too (``read_loss_csv``, ``last_loss_row``, ``read_final``, ``attempt_text``), so the
+``write_args``, ``write_config``, ``sample_block``); status, collect and the executors read it here too (``read_loss_csv``, ``last_loss_row``, ``read_final``, ``attempt_text``), so the
 two sides cannot drift apart. The exit codes of ``python -m reatt.train`` and the attempt lines
 that launchers write into a job's logs are part of the same contract and are defined here.
 
@@ -202,6 +201,7 @@ class FinalRecord:
     peak_flops: float | None = None
     device: str | None = None
     world_size: int | None = None  # ranks (one device each) that trained it; mfu is per device
+    precision: str | None = None  # trainer.precision resolved: "bf16" or "fp32" (older reatt: absent)
     n_params: int | None = None
     n_params_non_embedding: int | None = None
     skipped_lines: int | None = None

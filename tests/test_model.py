@@ -138,10 +138,13 @@ def test_causality(swiglu, rmsnorm, rope):
         assert not torch.allclose(out[:, t], base[:, t])
 
 
-def test_loss_is_cross_entropy_and_starts_near_uniform():
-    model = make_gpt()
+@pytest.mark.parametrize("fused", [False, True])
+def test_loss_is_cross_entropy_and_starts_near_uniform(fused):
+    model = make_gpt(fused_loss=fused)
     idx = torch.randint(0, VOCAB, (3, 12))
     logits, loss = model(idx, idx)
+    assert (logits is None) == fused  # the fused loss never makes the logits
+    logits, _ = model(idx)  # without targets: always the logits
     torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, VOCAB), idx.reshape(-1)))
     assert abs(loss.item() - math.log(VOCAB)) < 0.1  # small init: near-uniform predictions
 

@@ -2,7 +2,10 @@
 
 Two final NLLs compare only where these are equal. The data file's content is compared by the
 token cache key recorded in the config's meta (it hashes the file's bytes, the tokenizer and
-skip_bad_lines), or by data.file_path where a run's config has no such key.
+skip_bad_lines), or by data.file_path where a run's config has no such key. Nor do the NLLs of
+runs trained in different precisions (``meta.precision``, what ``trainer.precision`` resolved
+to; for a run of older reatt, what its ``trainer.amp`` and device gave): ``reatt plan`` makes a
+study's runs share ``trainer.precision``, but ``auto`` resolves per machine.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reatt.training.precision import recorded_precision
+
 EVAL_KEYS = ("data.tokenizer", "data.test_size", "data.split_seed", "data.block_size", "trainer.eval_windows")
 DATA_CONTENT = "data file content"
+PRECISION = "precision"  # the resolved one, "bf16" or "fp32"
 _ABSENT = object()
 
 
@@ -58,6 +64,8 @@ def incomparable(done: Sequence[Any]) -> list[str]:
     values[label] = [(r, data[r.name][0 if by_content else 1], data[r.name][2]) for r in runs]
     for key in EVAL_KEYS:
         values[key] = [(r, v, _shown(v)) for r in runs for v in [_lookup(r.config, key)]]
+    precisions = {r.name: recorded_precision(r.config) for r in runs}
+    values[PRECISION] = [(r, p, str(p)) for r in runs for p in [precisions[r.name] or _ABSENT]]
     out = []
     for label, triples in values.items():
         known = [(r, v, shown) for r, v, shown in triples if v is not _ABSENT]
@@ -86,8 +94,17 @@ def _hashable(value: Any) -> Any:
     return repr(value) if isinstance(value, dict | list) else value
 
 
+def incomparable_how(diffs: Sequence[str]) -> str:
+    """How the runs were measured differently: "on different held-out windows", "in different
+    precisions", or both."""
+    precision = any(d.startswith(f"{PRECISION} differs") for d in diffs)
+    windows = any(not d.startswith(f"{PRECISION} differs") for d in diffs)
+    hows = ["on different held-out windows"] * windows + ["in different precisions"] * precision
+    return " and ".join(hows)
+
+
 def incomparable_note(diffs: Sequence[str]) -> str:
     return (
-        "NOT COMPARABLE: the held-out NLLs were measured on different held-out windows, so the "
+        f"NOT COMPARABLE: the held-out NLLs were measured {incomparable_how(diffs)}, so the "
         f"differences and the ranking mean nothing: {'; '.join(diffs)}."
     )

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from reatt.report.build import COL_DELTA, COL_HIGH, COL_LOW, COL_METHOD
+from reatt.report.comparable import incomparable_how
 
 if TYPE_CHECKING:  # pragma: no cover
     from reatt.report.build import Report
@@ -76,7 +77,7 @@ def legend_line(report: Report) -> str:
 def incomparable_line(report: Report, *, details: bool = False) -> str:
     """For a caption: "NOT COMPARABLE: ... (data.block_size differs)", or with ``details``
     "NOT COMPARABLE: ...: data.block_size differs (baseline: 64; rope: 32)"."""
-    head = "NOT COMPARABLE: the runs' held-out NLLs were measured on different held-out windows"
+    head = f"NOT COMPARABLE: the runs' held-out NLLs were measured {incomparable_how(report.incomparable)}"
     if details:
         return f"{head}: {'; '.join(report.incomparable)}"
     keys = [d.split(" differs", 1)[0] for d in report.incomparable]

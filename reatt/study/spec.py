@@ -57,6 +57,9 @@ COLLECTED_MATRIX = "collected"  # Study.matrix of runs collected from a director
 # set by the plan for each run; a spec may not set them
 PLAN_KEYS = ("system.seed", "system.work_dir")
 PATH_KEYS = ("data.file_path", "data.cache_dir")  # made absolute at plan time
+# every run of a study has the same value of these: NLLs (and tokens/s) of runs trained in other
+# precisions, or through another loss implementation, do not compare
+SHARED_KEYS = ("trainer.precision", "model.fused_loss")
 DEFAULT_SEED = SCHEMA["system.seed"].default  # one seed, the training default, unless [study] seeds
 
 
@@ -297,7 +300,9 @@ def load_spec(path: str | Path) -> StudySpec:
 
 
 def _check_full_configs(spec: StudySpec, where: str) -> None:
-    """Each job's complete config must pass the training program's own checks."""
+    """Each job's complete config must pass the training program's own checks, and all share
+    the values of ``SHARED_KEYS``."""
+    first: dict[str, tuple[Any, str]] = {}  # key -> (value, the first job's variant)
     for job in spec.jobs():
         cfg = get_default_config()
         cfg.merge_from_dict(job.overrides)
@@ -305,6 +310,15 @@ def _check_full_configs(spec: StudySpec, where: str) -> None:
             check_config(cfg)
         except ConfigError as e:
             raise SpecError(f"{where}: run {job.name!r}: {e}") from None
+        for key in SHARED_KEYS:
+            value = cfg.get(key)
+            value0, variant0 = first.setdefault(key, (value, job.variant))
+            if value != value0:
+                raise SpecError(
+                    f"{where}: variant {job.variant!r} (run {job.name!r}) has {key} = {value!r}, "
+                    f"variant {variant0!r} has {value0!r}: a study's runs share one {key} "
+                    "(results of another precision or loss do not compare); set it in [base] only"
+                )
 
 
 def spec_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:

@@ -264,6 +264,7 @@ def check_config(cfg: CfgNode) -> None:
         "model.norm_eps": m.norm_eps,
         "model.rope_base": m.rope_base,
         "trainer.learning_rate": t.learning_rate,
+        "model.loss_chunk": m.loss_chunk,
     }
     errors += [f"{k}={v!r} must be > 0" for k, v in positive.items() if v <= 0]
     non_negative = {

@@ -11,7 +11,10 @@ Rotation convention (RoPE): **half-split**, as in GPT-NeoX and Llama. A head vec
 paper pairs ``x[2i], x[2i+1]`` instead; the two differ by a fixed permutation of q and k.)
 
 Attention is causal through ``torch.nn.functional.scaled_dot_product_attention``.
-The lm_head is a separate Linear, not tied to the token embedding (as in minGPT).
+The lm_head is a separate Linear (as in minGPT), or with ``model.tie_weights`` the token
+embedding's matrix (as in GPT-2 and nanoGPT). With ``model.fused_loss`` (the default) a forward
+with targets computes the lm_head and the loss in chunks of rows (``reatt.training.loss``) and
+returns no logits.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from reatt.training.config import CfgNode, model_dims
+from reatt.training.loss import IGNORE_INDEX, linear_cross_entropy
 
 
 def swiglu_hidden_size(n_embd: int) -> int:
@@ -189,6 +193,8 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config, d, self.n_head, block_size) for _ in range(self.n_layer))
         self.ln_f = make_norm(config, d)
         self.lm_head = nn.Linear(d, vocab_size, bias=False)
+        if config.tie_weights:  # one parameter, wte's (named so in named_parameters, init once)
+            self.lm_head.weight = self.wte.weight
 
     @torch.no_grad()
     def _init_parameters(self, seed: int) -> None:
@@ -197,9 +203,13 @@ class GPT(nn.Module):
         (``param_generator``): variants of one seed start from the same values wherever their
         architectures agree (RoPE drops the position table, SwiGLU changes the MLP: nothing
         else moves), which is what makes a comparison paired by seed tight. Draws nothing from
-        the global RNG."""
+        the global RNG. A tied lm_head is wte's matrix, drawn once as ``wte.weight``."""
+        done: set[int] = set()
         for module_name, module in self.named_modules():
             for pname, p in module.named_parameters(recurse=False):
+                if id(p) in done:  # the tied lm_head.weight: wte.weight, already drawn
+                    continue
+                done.add(id(p))
                 name = f"{module_name}.{pname}" if module_name else pname
                 if isinstance(module, nn.LayerNorm | RMSNorm) and pname == "weight":
                     nn.init.ones_(p)
@@ -211,24 +221,35 @@ class GPT(nn.Module):
                 else:
                     raise TypeError(f"GPT init: no rule for parameter {name} of {type(module).__name__}")
 
+    @property
+    def tied(self) -> bool:
+        return self.lm_head.weight is self.wte.weight
+
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; ``non_embedding`` leaves out the token and position tables
-        (the lm_head, a matmul, is counted)."""
+        """Parameter count, a tied matrix once; ``non_embedding`` leaves out the token and
+        position tables (the lm_head, a matmul, is counted: when tied, the shared matrix is
+        counted as the lm_head, so the count equals the untied model's)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.wte.weight.numel()
+            if not self.tied:
+                n -= self.wte.weight.numel()
             if self.wpe is not None:
                 n -= self.wpe.weight.numel()
         return n
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6 per matmul parameter plus attention (PaLM appendix B)."""
+        """Training FLOPs per token: 6 per matmul parameter plus attention (PaLM appendix B).
+        A tied lm_head's matmul costs its 6 V d all the same: ``num_params(non_embedding=True)``
+        counts it."""
         attn = 12 * self.n_layer * self.n_embd * self.block_size
         return 6.0 * self.num_params(non_embedding=True) + attn
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits, loss). With targets (-1: ignored) and ``model.fused_loss``: (None, loss),
+        the logits never made whole; else the logits (B, T, vocab) and the loss (None without
+        targets). The loss is the mean cross-entropy in fp32, also under bf16 autocast."""
         B, T = idx.size()
         assert T <= self.block_size, f"sequence of {T} tokens exceeds block_size {self.block_size}"
         x = self.wte(idx)  # (B, T, d)
@@ -237,25 +258,36 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.h:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1
+        x = self.ln_f(x)
+        if targets is not None and self.config.fused_loss:
+            hidden = x.view(B * T, self.n_embd)
+            loss = linear_cross_entropy(
+                hidden, self.lm_head.weight, targets.view(-1), chunk=self.config.loss_chunk
             )
-        return logits, loss
+            return None, loss
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        flat = logits.view(-1, logits.size(-1)).float()
+        return logits, F.cross_entropy(flat, targets.view(-1), ignore_index=IGNORE_INDEX)
 
     def configure_optimizer(self, train_config: CfgNode) -> torch.optim.AdamW:
-        """AdamW with minGPT's split: Linear weights decay; biases, norms and embeddings do not."""
+        """AdamW with minGPT's split: Linear weights decay; biases, norms and embeddings do not.
+
+        A tied wte/lm_head matrix is one parameter (``wte.weight``) and decays: it is the
+        lm_head's Linear weight, whose rows all get a gradient at every step through the softmax
+        (minGPT leaves embeddings undecayed because a row of a rare token gets none, and decay
+        alone would shrink it); GPT-2 and nanoGPT decay it too."""
+        params = dict(self.named_parameters())  # a tied matrix once, by its first name
+        name_of = {id(p): n for n, p in params.items()}
         decay, no_decay = set(), set()
-        for mn, m in self.named_modules():
-            for pn, _ in m.named_parameters(recurse=False):
-                full = f"{mn}.{pn}" if mn else pn
+        for m in self.modules():
+            for pn, p in m.named_parameters(recurse=False):
                 if pn == "weight" and isinstance(m, nn.Linear):
-                    decay.add(full)
+                    decay.add(name_of[id(p)])
                 else:  # biases, LayerNorm/RMSNorm weights, Embedding tables
-                    no_decay.add(full)
-        params = dict(self.named_parameters())
+                    no_decay.add(name_of[id(p)])
+        no_decay -= decay  # the tied matrix is also the Embedding's: it decays
         assert decay.isdisjoint(no_decay) and decay | no_decay == set(params)
         groups = [
             {"params": [params[n] for n in sorted(decay)], "weight_decay": train_config.weight_decay},
@@ -279,6 +311,7 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.block_size :]
             logits, _ = self(ctx)
+            assert logits is not None  # without targets, always
             logits = logits[:, -1, :].float() / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
@@ -302,6 +335,7 @@ class GPT(nn.Module):
             "vocab_size": self.vocab_size,
             "block_size": self.block_size,
             "mlp_hidden": mlp_hidden,
+            "tie_weights": self.tied,  # lm_head.weight is wte.weight: one parameter
             "n_params": self.num_params(),
             "n_params_non_embedding": self.num_params(non_embedding=True),
             "flops_per_token": self.flops_per_token(),

@@ -26,7 +26,7 @@ from typing import Any
 
 from reatt import rundir
 from reatt.errors import ReattError
-from reatt.files import remove_temp_files, utc_iso
+from reatt.files import remove_temp_files
 from reatt.rundir import (
     EXIT_DIVERGED,
     EXIT_FAILED,
@@ -44,6 +44,7 @@ from reatt.training.config import CfgNode, check_config, get_default_config
 from reatt.training.distributed import NoLossLog
 from reatt.training.progress import TrainProgress, print_help
 from reatt.training.pruning import prune_reason
+from reatt.training.record import final_record, start_meta
 from reatt.training.sampling import sample_block
 from reatt.training.workdir import (
     DATA_IDENTITY,
@@ -51,6 +52,7 @@ from reatt.training.workdir import (
     check_work_dir,
     lock_or_say_why,
     lock_work_dir,  # noqa: F401 (tests/test_run.py takes it from here)
+    recorded_precision,
     write_start_files,
 )
 
@@ -217,7 +219,11 @@ class TrainingRun:
         ).to(self.device)
         self.model_info = model.describe()
         distributed.seed_rank(self.ranks, cfg.system.seed)  # each rank's own dropout stream
-        self.trainer = Trainer(cfg.trainer, model, train_ds, eval_x, eval_y, self.device, self.ranks)
+        # a resume keeps the precision its first start resolved (trainer.precision='auto')
+        kept = recorded_precision(self.dir) if self.ckpt_path.exists() else None
+        self.trainer = Trainer(
+            cfg.trainer, model, train_ds, eval_x, eval_y, self.device, self.ranks, precision=kept
+        )
         return train_ds, eval_ds
 
     def _train(self) -> int:
@@ -352,48 +358,20 @@ class TrainingRun:
             record.write(self.dir)
 
     def _write_start_files(self, train_ds: Any, eval_ds: Any, resumed_from: int | None) -> None:
-        import torch
-
-        meta = {
-            "torch_version": torch.__version__,
-            "device": self.device_desc,
-            "started_at": utc_iso(),
-            "threads": torch.get_num_threads(),  # CPU results are bit-identical for one thread count
-            "world_size": self.ranks.world_size,
-            "model": self.model_info,
-            "n_params": self.model_info["n_params"],
-            "n_params_non_embedding": self.model_info["n_params_non_embedding"],
-            "data": {"train": train_ds.describe(), "eval": eval_ds.describe()},
-        }
+        data = {"train": train_ds.describe(), "eval": eval_ds.describe()}
+        meta = start_meta(self.trainer, self.model_info, data, self.device_desc, self.ranks.world_size)
         write_start_files(self.dir, self.cfg, self.argv, meta, resumed_from)
 
     def _final_record(self, status: str, error: str | None = None) -> FinalRecord:
-        from reatt.training.trainer import peak_flops
-
-        t, info = self.trainer, self.model_info
-        tokens = t.tokens if t else 0
-        train_time = t.train_time if t else 0.0
-        tok_s = tokens / train_time if train_time else None
-        peak = peak_flops(self.device_desc or "", bool(t and t.autocast_bf16))
-        fpt = info.get("flops_per_token")
-        completed = status == rundir.FINAL_COMPLETED
-        return FinalRecord(
+        return final_record(
+            self.trainer,
+            self.model_info,
             status=status,
-            final_nll=self.final_val if completed else None,
-            final_train_loss=self.final_train if completed else None,
-            steps=t.iter_num if t else 0,
-            tokens=tokens,
-            wall_time_s=round(self.elapsed(), 3),
-            train_time_s=round(train_time, 3),
-            tokens_per_s=tok_s,
-            mfu=tok_s * fpt / (peak * self.ranks.world_size) if (peak and tok_s and fpt) else None,
-            flops_per_token=fpt,
-            peak_flops=peak,
-            device=self.device_desc,
-            world_size=self.ranks.world_size,
-            n_params=info.get("n_params"),
-            n_params_non_embedding=info.get("n_params_non_embedding"),
-            skipped_lines=self.skipped_lines,
             error=error,
-            finished_at=utc_iso(),
+            final_val=self.final_val,
+            final_train=self.final_train,
+            elapsed_s=self.elapsed(),
+            device_desc=self.device_desc,
+            world_size=self.ranks.world_size,
+            skipped_lines=self.skipped_lines,
         )

@@ -96,6 +96,15 @@ SCHEMA: dict[str, Key] = {
     "model.norm_eps": Key(1e-5, "epsilon of LayerNorm and RMSNorm"),
     "model.rope": Key(False, "rotary position embeddings on q and k (no learned position table)"),
     "model.rope_base": Key(10000.0, "RoPE frequency base"),
+    "model.tie_weights": Key(False, "the lm_head's weight is the token embedding's (off, as in minGPT)"),
+    "model.fused_loss": Key(
+        True,
+        "lm_head and cross-entropy in chunks of rows, never the whole logits (equal to the plain "
+        "loss within fp32 rounding; False: the plain loss)",
+    ),
+    "model.loss_chunk": Key(
+        512, "rows per chunk of the fused loss (512 x 50,257 fp32 logits: 103 MB; see reatt.training.loss)"
+    ),
     # --- trainer ---
     "trainer.device": Key("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'"),
     "trainer.num_workers": Key(
@@ -135,7 +144,18 @@ SCHEMA: dict[str, Key] = {
         "tuning: the sibling candidates' absolute run dirs, separated by os.pathsep (set by reatt plan)",
     ),
     "trainer.compile": Key(False, "torch.compile the model"),
-    "trainer.amp": Key(True, "bf16 autocast on CUDA (ignored on CPU)"),
+    "trainer.precision": Key(
+        "auto",
+        "'bf16' (autocast: bf16 matmuls, fp32 softmax and weights), 'fp32', or 'auto': bf16 on CUDA "
+        "and on CPUs with AMX-BF16 or AVX512-BF16, else fp32 (resolved once, at a run's first start)",
+        choices=("auto", "bf16", "fp32"),
+    ),
+}
+
+# keys of older reatt that are gone, and what says the same now (an error names it)
+RENAMED: dict[str, str] = {
+    "trainer.amp": "trainer.precision ('auto' is what trainer.amp=True did on CUDA; 'fp32' is "
+    "trainer.amp=False)",
 }
 
 
@@ -191,6 +211,8 @@ def closest_keys(key: str, n: int = 3) -> list[str]:
 
 
 def unknown_key_error(key: str, where: str = "") -> ConfigError:
+    if key in RENAMED:
+        return ConfigError(f"{where}config key '{key}' was replaced by {RENAMED[key]}")
     hint = closest_keys(key)
     msg = f"{where}unknown config key '{key}'"
     if hint:

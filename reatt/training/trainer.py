@@ -23,12 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from reatt.training.config import CfgNode
 from reatt.training.distributed import Ranks, check_batch, mean_over_ranks
+from reatt.training.precision import autocast, resolve_precision
 
 if TYPE_CHECKING:
     from reatt.training.model import GPT
 
-# Dense bf16 peak FLOP/s by device-name substring, most specific first (vendor datasheets).
-# Devices not listed get mfu = null: never a guess.
+# Dense bf16 peak FLOP/s of CUDA devices by device-name substring, most specific first (vendor
+# datasheets). Devices not listed, CPUs, and fp32 runs get mfu = null: never a guess (a CPU's
+# peak depends on its clock under load, its cores' AMX units and the threads torch uses).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
@@ -41,9 +43,10 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
-def peak_flops(device_name: str, bf16: bool) -> float | None:
-    """The device's peak dense bf16 FLOP/s if known (and bf16 is in use), else None."""
-    if not bf16:
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """The device's peak dense bf16 FLOP/s if known and the run is in bf16 (``precision``,
+    resolved), else None. ``device_name`` as ``device_name()`` gives it ("cpu" matches none)."""
+    if precision != "bf16":
         return None
     for key, flops in PEAK_BF16_FLOPS:
         if key in device_name:
@@ -149,7 +152,10 @@ class Trainer:
         eval_y: torch.Tensor,
         device: torch.device,
         ranks: Ranks | None = None,
+        precision: str | None = None,
     ) -> None:
+        """``precision``: the resolved precision ("bf16", "fp32") a resumed run keeps (its
+        first start's); None resolves ``config.precision`` here."""
         self.config = config
         self.ranks = ranks or Ranks()
         self.accum = int(config.grad_accum_steps)
@@ -159,7 +165,7 @@ class Trainer:
         self.train_dataset = train_dataset
         self.eval_x, self.eval_y = eval_x, eval_y
         self.optimizer = model.configure_optimizer(config)
-        self.autocast_bf16 = device.type == "cuda" and config.amp
+        self.precision = precision or resolve_precision(config.precision, device.type)
         self.forward_model: Callable[..., Any] = torch.compile(model) if config.compile else model
         self.train_model: Any = self.forward_model  # what a training step calls: DDP's wrapper on ranks
         if self.ranks.distributed:
@@ -190,9 +196,8 @@ class Trainer:
             fn(self)
 
     def autocast(self) -> AbstractContextManager[Any]:
-        if self.autocast_bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        """bf16 autocast on this device when the run's precision is bf16 (CUDA or CPU)."""
+        return autocast(self.device.type, self.precision)
 
     # --- loss bookkeeping for loss.csv ---
     def take_mean_loss(self) -> float | None:

@@ -6,6 +6,14 @@
   says what changed (the content hash, the tokenizer, the split).
 - ``write_start_files``: ``args.txt``, and ``config.json`` as the first start writes it; a
   resume keeps that record and adds itself to ``meta.resumes``.
+- ``recorded_precision``: the precision the run's first start resolved, which a resume keeps.
+
+A config.json of older reatt lacks the keys added since; each reads as the value that computes
+what that reatt computed (``LEGACY_VALUES``): ``trainer.amp=True`` as ``trainer.precision='auto'``
+(resolved as that run was: bf16 on CUDA, fp32 on CPU, ``legacy_precision``), ``trainer.amp=False``
+as ``'fp32'``, no ``model.tie_weights`` as False. So such a run resumes under today's defaults,
+except one started with ``trainer.amp=False``, which is refused unless resumed with
+``--trainer.precision=fp32`` (the refusal says so).
 """
 
 from __future__ import annotations
@@ -20,10 +28,20 @@ from reatt import __version__, rundir
 from reatt.errors import RunDirError
 from reatt.files import Held, LockBusy, this_host, try_lock
 from reatt.training.config import CfgNode, flatten, shown
+from reatt.training.precision import recorded_precision as precision_in
 from reatt.training.schema import NODES, SCHEMA
 
-# keys that change how a run executes, not what it computes: they may differ on resume
-EXECUTION_KEYS = {"system.work_dir", "system.num_threads", "trainer.num_workers"}
+# keys that change how a run executes, not what it computes: they may differ on resume (the
+# fused loss computes the plain loss, within fp32 rounding, as another thread count does)
+EXECUTION_KEYS = {
+    "system.work_dir",
+    "system.num_threads",
+    "trainer.num_workers",
+    "model.fused_loss",
+    "model.loss_chunk",
+}
+# keys newer than some config.json files: the value that computes what the reatt before them did
+LEGACY_VALUES: dict[str, Any] = {"model.tie_weights": False}
 # what identifies the data a run trains and is evaluated on (JSONLDataset.describe()): a resume
 # on data that differs in any of these would continue on other text
 DATA_IDENTITY = ("content_sha256", "tokenizer_fingerprint", "test_size", "split_seed", "docs", "tokens")
@@ -45,8 +63,12 @@ def git_commit() -> str | None:
 
 
 def config_differences(old: dict[str, Any], new: CfgNode) -> list[str]:
-    """'key: old -> new' for every computation-relevant key that differs."""
-    old_flat = flatten({k: old[k] for k in NODES if k in old})
+    """'key: old -> new' for every computation-relevant key that differs (an old config's
+    missing keys read as ``LEGACY_VALUES`` and ``trainer.amp`` as ``trainer.precision``)."""
+    old_flat = {**LEGACY_VALUES, **flatten({k: old[k] for k in NODES if k in old})}
+    amp = old_flat.pop("trainer.amp", None)
+    if "trainer.precision" not in old_flat and isinstance(amp, bool):
+        old_flat["trainer.precision"] = "auto" if amp else "fp32"
     diffs = []
     for key, value in new.flat():
         if key in EXECUTION_KEYS:
@@ -57,7 +79,8 @@ def config_differences(old: dict[str, Any], new: CfgNode) -> list[str]:
         if key not in old_flat and key in SCHEMA and SCHEMA[key].default == value:
             continue  # a key added since that run started, at its default: what that run did
         if before != value:
-            diffs.append(f"{key}: {before!r} -> {value!r}")
+            was = f" (trainer.amp={amp})" if key == "trainer.precision" and isinstance(amp, bool) else ""
+            diffs.append(f"{key}: {before!r}{was} -> {value!r}")
     return diffs
 
 
@@ -125,6 +148,16 @@ def check_work_dir(directory: Path, cfg: CfgNode) -> bool:
         raise RunDirError(f"{directory} has ckpt.pt but no config.json; cannot tell which run it belongs to")
     final = rundir.read_final(directory)  # unreadable: not a completed run
     return bool(final and final.record and final.record.completed)
+
+
+def recorded_precision(directory: Path) -> str | None:
+    """The resolved precision ("bf16", "fp32") the run in ``directory`` started with, as its
+    config.json records it (older reatt: derived from ``trainer.amp``), or None."""
+    try:
+        old = rundir.read_json(directory / rundir.CONFIG) or {}
+    except (OSError, ValueError):
+        return None
+    return precision_in(old)
 
 
 def check_same_data(directory: Path, saved: dict[str, Any] | None, now: dict[str, Any]) -> None:

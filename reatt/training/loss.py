@@ -1,0 +1,171 @@
+"""The lm_head and its cross-entropy in chunks of rows: the (rows, vocab) logits never exist whole.
+
+``linear_cross_entropy(hidden, weight, targets, chunk=...)`` equals
+``F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=-1)``, the plain loss
+of ``GPT.forward``, and so do its gradients with respect to ``hidden`` and ``weight`` (within
+fp32 rounding: the sums are taken in another order). It computes ``chunk`` rows at a time:
+
+- forward: a chunk's logits ``h @ W.T`` (in bf16 under bf16 autocast, like the plain
+  ``lm_head``; else fp32), their logsumexp and the target logits in fp32;
+- when a gradient is wanted, in the same pass: the gradient of the chunk's logits,
+  ``softmax - onehot(target)``, and from it the chunk's rows of ``dL/dhidden`` and its term of
+  ``dL/dW`` (summed in fp32); ``backward`` only scales them by the incoming gradient.
+
+So the loss holds one chunk's logits (``chunk x vocab x 4`` bytes: 512 rows of GPT-2's 50,257
+are 103 MB) instead of the batch's, and their gradient in the same buffer: at B 8 x T 256 the
+plain loss holds 411 MB of logits and as much again of their gradient (plus their bf16 copies
+under autocast), the chunked one an eighth of that.
+
+The chunk size (``model.loss_chunk``, rows): each chunk reads the weight twice and adds into
+``dL/dW`` once, so small chunks cost weight traffic, large ones memory. Measured (CPU time of the
+loss alone, a rough measurement on a shared machine; ``bench/loss.py`` is the real one) 512 rows
+was at or near the fastest at n_embd 48 and 192, in fp32 and bf16, and 256 no faster. On CPU
+the loss is bound by its three matmuls (the same FLOPs either way), so the gain is in the
+elementwise passes over the logits, largest where n_embd is small.
+
+Computing the gradients in the forward pass (as the fused kernels of Liger and others do) costs
+no second logits matmul in the backward; it holds ``dL/dW`` (vocab x n_embd) from forward to
+backward, the size of the weight itself. Under ``torch.no_grad`` (evaluation) only the loss is
+computed.
+
+Rows whose target is ``ignore_index`` add nothing to the loss or the gradients, and the mean is
+over the other rows (none left: NaN, as ``F.cross_entropy`` gives).
+
+Why not a library: PyTorch has no fused linear cross-entropy (``torch.nn.functional`` has none
+in 2.13); Liger-Kernel's is Triton, CUDA only, and reatt trains mostly on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -1  # GPT.forward's (minGPT's) ignore_index
+
+
+def compute_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs a matmul in on ``device_type`` now, or None outside autocast."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _valid_rows(
+    hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden, targets) of the rows that count: the ignored rows' gradient is then zero,
+    through ``index_select``'s backward."""
+    ignored = targets == ignore_index
+    if not bool(ignored.any()):  # the common case: every row counts, nothing is copied
+        return hidden, targets
+    keep = (~ignored).nonzero().squeeze(1)
+    return hidden.index_select(0, keep), targets.index_select(0, keep)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where the softmax and the sums are taken: fp32 (fp64 for fp64 inputs)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _chunk_loss(
+    h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, *, softmax: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sum of a chunk's losses, and a (rows, vocab) buffer: with ``softmax``, the gradient
+    of that sum with respect to the chunk's logits, ``softmax - onehot(t)``; else scratch).
+
+    The logits ``h @ w.T`` come from a matmul in the dtype of ``h`` and ``w``; the rest is in
+    fp32, in place, in one buffer: shift by the row max, exp, sum (logsumexp's steps, written
+    out so that the exp is taken once for the loss and the softmax both)."""
+    logits = torch.mm(h, w.t()).to(_acc_dtype(h.dtype))  # (c, V); .to is a no-op in fp32
+    logits.sub_(logits.amax(dim=1, keepdim=True))
+    target = logits.gather(1, t.unsqueeze(1))  # (c, 1), shifted as the row
+    sums = logits.exp_().sum(dim=1, keepdim=True)  # (c, 1)
+    loss = (sums.log() - target).sum()  # sum over rows of logsumexp - target logit
+    if softmax:
+        logits.div_(sums).scatter_add_(1, t.unsqueeze(1), torch.full_like(target, -1.0))
+    return loss, logits
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (no ignored rows here:
+    ``linear_cross_entropy`` leaves them out first), gradients computed chunk by chunk in the
+    forward pass."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,  # (N, d)
+        weight: torch.Tensor,  # (V, d)
+        targets: torch.Tensor,  # (N,)
+        chunk: int,
+        dtype: torch.dtype | None,  # the matmuls' dtype under autocast, None: the inputs'
+    ) -> torch.Tensor:
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cdtype = dtype or hidden.dtype
+        h_all, w = hidden.to(cdtype), weight.to(cdtype)
+        n = h_all.size(0)
+        acc = _acc_dtype(cdtype)
+        loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_h = torch.empty((n, hidden.size(1)), dtype=cdtype, device=hidden.device) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+        for i in range(0, n, chunk):
+            h, t = h_all[i : i + chunk], targets[i : i + chunk]
+            loss, g = _chunk_loss(h, w, t, softmax=want_h or want_w)
+            loss_sum += loss
+            if not (want_h or want_w):
+                continue
+            gc = g.to(cdtype)  # the matmuls in the forward's dtype, as autocast's backward does
+            if grad_h is not None:
+                torch.mm(gc, w, out=grad_h[i : i + chunk])
+            if grad_w is not None:
+                if cdtype == acc:
+                    grad_w.addmm_(gc.t(), h)
+                else:  # a bf16 matmul, summed over the chunks in fp32 (add_ converts as it adds)
+                    grad_w.add_(torch.mm(gc.t(), h))
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.n, ctx.dtypes = n, (hidden.dtype, weight.dtype)
+        return loss_sum / n  # n == 0: NaN, as F.cross_entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        scale = grad_out / ctx.n
+        dh = None if grad_h is None else (grad_h.to(scale.dtype) * scale).to(h_dtype)
+        dw = None if grad_w is None else (grad_w * scale).to(w_dtype)
+        return dh, dw, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` (N, V) against ``targets`` (N,), computed
+    ``chunk`` rows at a time (see the module's docstring); fp32 scalar."""
+    assert hidden.dim() == 2 and targets.shape == hidden.shape[:1], (hidden.shape, targets.shape)
+    assert chunk > 0, chunk
+    dtype = compute_dtype(hidden.device.type)
+    h, t = _valid_rows(hidden, targets, ignore_index)
+    with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are chosen here
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            out: torch.Tensor = _LinearCrossEntropy.apply(h, weight, t, chunk, dtype)
+            return out
+        return _loss_only(h, weight, t, chunk, dtype)
+
+
+def _loss_only(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """The forward alone (no gradient wanted: evaluation): no gradient buffer, no softmax."""
+    cdtype = dtype or hidden.dtype
+    h_all, w = hidden.to(cdtype), weight.to(cdtype)
+    loss_sum = torch.zeros((), dtype=_acc_dtype(cdtype), device=hidden.device)
+    for i in range(0, h_all.size(0), chunk):
+        loss_sum += _chunk_loss(h_all[i : i + chunk], w, targets[i : i + chunk], softmax=False)[0]
+    return loss_sum / h_all.size(0)
