@@ -31,8 +31,15 @@ computed.
 Rows whose target is ``ignore_index`` add nothing to the loss or the gradients, and the mean is
 over the other rows (none left: NaN, as ``F.cross_entropy`` gives).
 
-Why not a library: PyTorch has no fused linear cross-entropy (``torch.nn.functional`` has none
-in 2.13); Liger-Kernel's is Triton, CUDA only, and reatt trains mostly on CPU.
+Why not a library: torch 2.13's ``F.linear_cross_entropy`` with ``LinearCrossEntropyOptions(
+batch_chunk_size=...)`` chunks the same way and equals this one in fp32 (loss and gradients, also
+in speed, measured roughly on CPU). But it is a custom op that autocast does not cast: bf16 means
+casting its inputs by hand, and then on CPU its policies run the weight gradient's matmul in fp32
+(``"accurate"``, the CPU default: about 1.8x slower than this loss in bf16 here) or, by its own
+docstring, 20-50x slower; and its bf16 loss was 2e-2 off the plain autocast loss where this one
+matches it. Liger-Kernel's fused loss is Triton, CUDA only. Should torch's op gain autocast and
+a fast CPU bf16 path, ``linear_cross_entropy`` below can become a call to it (the tests in
+tests/test_loss.py hold either to the plain loss).
 """
 
 from __future__ import annotations

@@ -199,8 +199,9 @@ class TrainingRun:
             cfg.model, vocab_size=train_ds.vocab_size, block_size=cfg.data.block_size, seed=cfg.system.seed
         ).to(self.device)
         self.model_info = model.describe()
-        # a resume keeps the precision its first start resolved (trainer.precision='auto')
-        kept = recorded_precision(self.dir) if self.ckpt_path.exists() else None
+        # a resume keeps the precision its first start resolved trainer.precision='auto' to
+        resumed_auto = cfg.trainer.precision == "auto" and self.ckpt_path.exists()
+        kept = recorded_precision(self.dir) if resumed_auto else None
         self.trainer = Trainer(cfg.trainer, model, train_ds, eval_x, eval_y, self.device, precision=kept)
         return train_ds, eval_ds
 
