@@ -1,11 +1,10 @@
 """The run directory (docs/run-directory.md): its every file format, written and read here.
 
 The training program writes a run directory through this module (``LossLog``, ``FinalRecord``,
-``write_args``, ``write_config``, ``sample_block``); status, collect and the executors read it here too (``read_loss_csv``, ``last_loss_row``, ``read_final``, ``attempt_text``), so the
-two sides cannot drift apart. The exit codes of ``python -m reatt.train`` and the attempt lines
-that launchers write into a job's logs are part of the same contract and are defined here.
-
-Nothing here imports torch or the database.
+``write_args``, ``write_config``, ``sample_block``); status, collect and the executors read it
+here too (``read_loss_csv``, ``last_loss_row``, ``read_final``, ``attempt_text``), so the two sides
+cannot drift apart. The exit codes of ``python -m reatt.train`` and the attempt lines that launchers
+write into a job's logs are part of the same contract, defined here. No torch, no database here.
 """
 
 from __future__ import annotations

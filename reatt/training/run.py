@@ -219,8 +219,9 @@ class TrainingRun:
         ).to(self.device)
         self.model_info = model.describe()
         distributed.seed_rank(self.ranks, cfg.system.seed)  # each rank's own dropout stream
-        # a resume keeps the precision its first start resolved (trainer.precision='auto')
-        kept = recorded_precision(self.dir) if self.ckpt_path.exists() else None
+        # a resume keeps the precision its first start resolved trainer.precision='auto' to
+        resumed_auto = cfg.trainer.precision == "auto" and self.ckpt_path.exists()
+        kept = recorded_precision(self.dir) if resumed_auto else None
         self.trainer = Trainer(
             cfg.trainer, model, train_ds, eval_x, eval_y, self.device, self.ranks, precision=kept
         )
