@@ -21,6 +21,7 @@ from reatt.training.run import lock_work_dir
 
 # A tiny, fast configuration on the embedded corpus (Python's docs).
 TINY = [
+    "--trainer.precision=fp32",  # bit-exact comparisons in fp32 (docs/guarantees.md: bf16 on CPU)
     "--data.block_size=32",
     "--trainer.batch_size=4",
     "--trainer.eval_interval=10",

@@ -42,6 +42,7 @@ TRAIN = {
     "trainer.log_interval": 5,
     "trainer.ckpt_interval": 0,
     "system.num_threads": 1,
+    "trainer.precision": '"fp32"',  # bit-exact comparisons in fp32 (docs/guarantees.md: bf16 on CPU)
 }
 
 

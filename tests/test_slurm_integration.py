@@ -45,6 +45,7 @@ trainer.eval_windows = 8
 trainer.log_interval = 5
 trainer.ckpt_interval = 0
 system.num_threads = 1
+trainer.precision = "fp32"  # bit-exact comparisons in fp32 (docs/guarantees.md: bf16 on CPU)
 
 [slurm]
 time = "00:10:00"
