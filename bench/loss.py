@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 from reatt.train import TRAIN_ENV  # noqa: E402
 
 VOCAB = 50257
-NANOGPT = "/work/anchors/nanoGPT/model.py"
+# a clone of https://github.com/karpathy/nanoGPT beside this repository, or $NANOGPT (its model.py)
+NANOGPT = os.environ.get("NANOGPT", str(ROOT.parent / "nanoGPT" / "model.py"))
 IMPLS = ("nanoGPT", "reatt plain", "reatt chunked")
 PRECISIONS = ("fp32", "bf16")
 
