@@ -15,6 +15,7 @@ from reatt.training.run import TrainingRun, parse_config
 def step_grads(argv: list[str]) -> dict[str, torch.Tensor]:
     """The loss and every parameter's gradient after step 1's backward (DDP-averaged on ranks)."""
     run = TrainingRun(parse_config(argv), argv)
+    threads = torch.get_num_threads()  # _setup sets system.num_threads; execute() gives it back
     distributed.init(run.ranks, run.device)
     try:
         run._setup()
@@ -25,6 +26,7 @@ def step_grads(argv: list[str]) -> dict[str, torch.Tensor]:
         return {"loss": torch.tensor(loss), **grads}
     finally:
         distributed.close(run.ranks)
+        torch.set_num_threads(threads)  # not leaked into the next in-process test
 
 
 if __name__ == "__main__":

@@ -495,3 +495,15 @@ def test_a_full_disk_is_said_plainly_and_keeps_what_was_written(tmp_path, capsys
         assert not list(wd.glob(".*.tmp-*"))  # the half-written checkpoint is gone
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_system_num_threads_is_given_back_to_the_caller(tmp_path):
+    """An in-process run (a test, a notebook) sets torch's thread count for itself only: a caller's
+    next run at its own count must not inherit it (float sums differ between thread counts)."""
+    import torch
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    assert main(args(tmp_path / "run", "--trainer.max_iters=1", f"--system.num_threads={other}")) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["meta"]["threads"] == other
+    assert torch.get_num_threads() == before

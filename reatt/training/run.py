@@ -87,6 +87,7 @@ class TrainingRun:
         self.dir = Path(cfg.system.work_dir)
         self.ckpt_path = self.dir / rundir.CHECKPOINT
         self.signal_received: str | None = None
+        self.threads_before = 0  # torch's thread count before system.num_threads set it
         self.already_completed = False
         self.final_val: float | None = None  # held-out NLL at the last step
         self.pruned: tuple[int, float, str] | None = None  # (step, held-out NLL, why) once pruned
@@ -163,6 +164,10 @@ class TrainingRun:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+            if self.threads_before:
+                import torch
+
+                torch.set_num_threads(self.threads_before)
 
     def _recheck_locked(self) -> int | None:
         """Rank 0, holding the lock: the work dir checked again (another process may have changed
@@ -194,7 +199,8 @@ class TrainingRun:
         from reatt.training.trainer import Trainer
 
         cfg = self.cfg
-        if cfg.system.num_threads:
+        if cfg.system.num_threads:  # given back when the run ends (a caller in this process)
+            self.threads_before = torch.get_num_threads()
             torch.set_num_threads(cfg.system.num_threads)
         torch.manual_seed(cfg.system.seed)
         np.random.seed(cfg.system.seed % 2**32)
