@@ -15,7 +15,6 @@ import io
 import json
 import math
 import re
-import signal
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO, TypeGuard
@@ -38,7 +37,6 @@ EXIT_USAGE = 2  # bad config or command line, or the work dir is locked; nothing
 EXIT_DIVERGED = 3  # the loss became non-finite: stopped there; final.json says at which step
 EXIT_PRUNED = 4  # a tuning run stopped behind a sibling candidate (trainer.prune_*); final.json says where
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a stop signal came, ckpt.pt is saved; start again to resume
-EXIT_KILLED_BY_USR1 = 128 + int(signal.SIGUSR1)  # how a shell reports a USR1 before the handler is set
 
 # --------------------------------------------------------------------------------- loss.csv
 

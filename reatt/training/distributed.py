@@ -91,8 +91,6 @@ def rank_device(ranks: Ranks, device: Any) -> Any:
 
     if not ranks.distributed or device.type != "cuda":
         return device
-    from reatt.errors import ConfigError
-
     if ranks.local_rank >= torch.cuda.device_count():
         raise ConfigError(
             f"LOCAL_RANK={ranks.local_rank} but this node has {torch.cuda.device_count()} CUDA "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from reatt.errors import DataError
@@ -35,30 +34,13 @@ class LineLog:
             self.examples.append((lineno, reason))
 
 
-def iter_texts(
-    path: Path, display: str, skip_bad_lines: bool, lines: LineLog, digest: Any = None
-) -> Iterator[tuple[int, str]]:
-    """(line number, ``text``) of each document line of a JSONL file, streamed.
-
-    A bad line raises ``DataError("<display>:<line>: <reason>")``, or with ``skip_bad_lines``
-    is recorded in ``lines`` and skipped. ``digest`` (a hashlib object) is fed every byte read.
-    """
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"cannot read data file {display}: {e.strerror or e}") from e
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            if digest is not None:
-                digest.update(raw)
-            yield from _document(raw, lineno, display, skip_bad_lines, lines)
-
-
 def iter_chunk_texts(
     chunk: bytes, first_lineno: int, display: str, skip_bad_lines: bool, lines: LineLog
 ) -> Iterator[tuple[int, str]]:
-    """``iter_texts`` over whole lines of a file held in memory, the first being line
-    ``first_lineno``: the same documents, errors and counts as reading the file line by line."""
+    """(line number, ``text``) of each document line among whole lines of a JSONL file held in
+    memory, the first being line ``first_lineno``. A bad line raises
+    ``DataError("<display>:<line>: <reason>")``, or with ``skip_bad_lines`` is recorded in
+    ``lines`` and skipped."""
     parts = chunk.split(b"\n")
     if parts[-1] == b"":  # the newline ending the last line begins no line
         parts.pop()

@@ -8,10 +8,11 @@
   resume keeps that record and adds itself to ``meta.resumes``.
 - ``recorded_precision``: the precision the run's first start resolved, which a resume keeps.
 
-A config.json of older reatt lacks the keys added since; each reads as the value that computes
-what that reatt computed (``LEGACY_VALUES``): ``trainer.amp=True`` as ``trainer.precision='auto'``
+A config.json of older reatt lacks the keys added since; each reads as its default, which
+computes what that reatt computed (no ``model.tie_weights`` is False, no
+``trainer.grad_accum_steps`` is 1), and ``trainer.amp=True`` reads as ``trainer.precision='auto'``
 (resolved as that run was: bf16 on CUDA, fp32 on CPU, ``legacy_precision``), ``trainer.amp=False``
-as ``'fp32'``, no ``model.tie_weights`` as False. So such a run resumes under today's defaults,
+as ``'fp32'``. So such a run resumes under today's defaults,
 except one started with ``trainer.amp=False``, which is refused unless resumed with
 ``--trainer.precision=fp32`` (the refusal says so).
 """
@@ -40,8 +41,6 @@ EXECUTION_KEYS = {
     "model.fused_loss",
     "model.loss_chunk",
 }
-# keys newer than some config.json files: the value that computes what the reatt before them did
-LEGACY_VALUES: dict[str, Any] = {"model.tie_weights": False}
 # what identifies the data a run trains and is evaluated on (JSONLDataset.describe()): a resume
 # on data that differs in any of these would continue on other text
 DATA_IDENTITY = ("content_sha256", "tokenizer_fingerprint", "test_size", "split_seed", "docs", "tokens")
@@ -64,8 +63,9 @@ def git_commit() -> str | None:
 
 def config_differences(old: dict[str, Any], new: CfgNode) -> list[str]:
     """'key: old -> new' for every computation-relevant key that differs (an old config's
-    missing keys read as ``LEGACY_VALUES`` and ``trainer.amp`` as ``trainer.precision``)."""
-    old_flat = {**LEGACY_VALUES, **flatten({k: old[k] for k in NODES if k in old})}
+    missing keys read as their defaults, and ``trainer.amp`` as ``trainer.precision``): a key
+    added since the run started computes, at its default, what that reatt did."""
+    old_flat = flatten({k: old[k] for k in NODES if k in old})
     amp = old_flat.pop("trainer.amp", None)
     if "trainer.precision" not in old_flat and isinstance(amp, bool):
         old_flat["trainer.precision"] = "auto" if amp else "fp32"
@@ -73,11 +73,11 @@ def config_differences(old: dict[str, Any], new: CfgNode) -> list[str]:
     for key, value in new.flat():
         if key in EXECUTION_KEYS:
             continue
-        before = old_flat.get(key, "<missing>")
+        before = old_flat[key] if key in old_flat else SCHEMA[key].default
         if isinstance(value, tuple):
             value = list(value)
-        if key not in old_flat and key in SCHEMA and SCHEMA[key].default == value:
-            continue  # a key added since that run started, at its default: what that run did
+        if isinstance(before, tuple):
+            before = list(before)
         if before != value:
             was = f" (trainer.amp={amp})" if key == "trainer.precision" and isinstance(amp, bool) else ""
             diffs.append(f"{key}: {before!r}{was} -> {value!r}")
