@@ -13,6 +13,7 @@ with it ``reatt --help``) stays fast.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +50,7 @@ from reatt.study.spec import COLLECTED_MATRIX
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
 # The table's columns, in order (also the CSV header).
 COL_VARIANT = "variant"
@@ -145,6 +147,22 @@ class Report:
         return Path(self.out_dir) / self.study / "report"
 
 
+def metrics_frame(session: Session, run_ids: Iterable[int]) -> pd.DataFrame:
+    """The metrics rows of these runs (run_id, step, tokens, loss, val_loss, lr, elapsed_s), by
+    run and step. read_sql builds the columns straight from the cursor: ~3x faster than
+    DataFrame(Rows)."""
+    import pandas as pd
+    from sqlalchemy import select
+
+    from reatt.study import store
+
+    m = store.Metric
+    query = select(m.run_id, m.step, m.tokens, m.loss, m.val_loss, m.lr, m.elapsed_s)
+    return pd.read_sql(
+        query.where(m.run_id.in_(list(run_ids))).order_by(m.run_id, m.step), session.connection()
+    )
+
+
 def build_report(engine: Engine, study: str | None) -> Report:
     """Aggregate the completed runs of ``study`` (default: the latest planned) over seeds.
 
@@ -153,7 +171,6 @@ def build_report(engine: Engine, study: str | None) -> Report:
     ``EVAL_KEYS`` or the data file's content differ), ``Report.incomparable`` says how and the
     first note says that the final NLLs are not comparable; the report is still built."""
     import pandas as pd
-    from sqlalchemy import select
 
     from reatt.report.tuning import chosen_of, shared_diffs, tuned_columns, tuning_frame
     from reatt.study import store
@@ -188,14 +205,7 @@ def build_report(engine: Engine, study: str | None) -> Report:
             columns=list(MISSING_COLUMNS),
         )
         run_ids = {r.id: r.name for r in done}
-        m = store.Metric
-        # read_sql builds the columns straight from the cursor: ~3x faster than DataFrame(Rows)
-        metrics = pd.read_sql(
-            select(m.run_id, m.step, m.tokens, m.loss, m.val_loss, m.lr, m.elapsed_s)
-            .where(m.run_id.in_(list(run_ids)))
-            .order_by(m.run_id, m.step),
-            session.connection(),
-        )
+        metrics = metrics_frame(session, run_ids)
 
     if reference is None and "baseline" in planned:  # collected studies have no planned reference
         reference = "baseline"

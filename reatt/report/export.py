@@ -86,8 +86,8 @@ def frames(engine: Engine, studies: Sequence[str | None]) -> tuple[pd.DataFrame,
     """(runs, metrics) of the given studies (None: the latest planned), typed as RUN_TYPES and
     METRIC_TYPES."""
     import pandas as pd
-    from sqlalchemy import select
 
+    from reatt.report.build import metrics_frame
     from reatt.study import store
 
     rows: list[dict[str, Any]] = []
@@ -118,13 +118,7 @@ def frames(engine: Engine, studies: Sequence[str | None]) -> tuple[pd.DataFrame,
                         "config": None if r.config is None else json.dumps(r.config, sort_keys=True),
                     }
                 )
-        m = store.Metric
-        metrics = pd.read_sql(
-            select(m.run_id, m.step, m.tokens, m.loss, m.val_loss, m.lr, m.elapsed_s)
-            .where(m.run_id.in_(list(ids)))
-            .order_by(m.run_id, m.step),
-            session.connection(),
-        )
+        metrics = metrics_frame(session, ids)
     runs = pd.DataFrame(rows, columns=list(RUN_TYPES)).astype(RUN_TYPES)
     keys = metrics.pop("run_id").map(ids)
     metrics.insert(0, "run", [k[1] for k in keys])

@@ -67,8 +67,15 @@ UPGRADES: dict[int, tuple[tuple[str, str], ...]] = {
 }
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a command waits for another one's write transaction
 PG_CONNECT_TIMEOUT_S = 10  # an unreachable server is an error after this, not a hang
+
+
 # pg_advisory_xact_lock keys: the schema's (open_db), and a study's (study_lock_key)
-SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"reatt schema").digest()[:8], "big", signed=True)
+def _advisory_key(label: bytes) -> int:
+    """A pg_advisory_xact_lock key: the first 8 bytes of sha256(label), as a signed 64-bit int."""
+    return int.from_bytes(hashlib.sha256(label).digest()[:8], "big", signed=True)
+
+
+SCHEMA_LOCK_KEY = _advisory_key(b"reatt schema")
 
 
 class Base(DeclarativeBase):
@@ -251,7 +258,7 @@ def open_db(db: str | os.PathLike[str] | None = None, *, create: bool = True) ->
 
 def study_lock_key(name: str) -> int:
     """The PostgreSQL advisory lock key of study ``name`` (a signed 64-bit hash of it)."""
-    return int.from_bytes(hashlib.sha256(b"reatt study\0" + name.encode()).digest()[:8], "big", signed=True)
+    return _advisory_key(b"reatt study\0" + name.encode())
 
 
 def lock_studies(session: Session, names: Iterable[str]) -> None:
