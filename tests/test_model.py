@@ -163,6 +163,60 @@ def test_optimizer_split_is_minGPTs():
     assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_optimizer_is_fused_adamw_and_a_for_loop_checkpoint_keeps_its_own():
+    model = make_gpt()
+    opt = model.configure_optimizer(get_default_config().trainer)
+    assert all(g["fused"] is True for g in opt.param_groups)
+    # a checkpoint of the for-loop AdamW (reatt before the fused one): a resume goes on with it
+    tc = get_default_config().trainer
+    old_state = torch.optim.AdamW(
+        [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups],
+        lr=tc.learning_rate,
+        betas=tuple(tc.betas),
+    ).state_dict()
+    assert all(g["fused"] is None for g in old_state["param_groups"])
+    opt.load_state_dict(old_state)
+    assert all(g["fused"] is None and not g["foreach"] for g in opt.param_groups)
+    # the two step within float rounding of each other
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    after = []
+    for fused in (True, None):
+        m = make_gpt()
+        o = m.configure_optimizer(get_default_config().trainer)
+        if fused is None:
+            o.load_state_dict(old_state)
+        for _ in range(3):
+            for p, g in zip(m.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            o.step()
+        after.append([p.detach().clone() for p in m.parameters()])
+    for a, b in zip(*after, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_under_cpu_bf16_autocast_runs_in_fp32(monkeypatch):
+    """On a CPU under bf16 autocast the attention kernel gets fp32 q, k, v (faster there, and
+    exacter); the rest of the forward stays in bf16."""
+    from reatt.training import model as model_module
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    model = make_gpt()
+    x = torch.randint(0, VOCAB, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(x)
+    assert logits.dtype == torch.bfloat16 and seen and set(seen) == {(torch.float32,) * 3}
+    seen.clear()
+    model(x)  # fp32: unchanged
+    assert set(seen) == {(torch.float32,) * 3}
+
+
 def test_param_counts_and_presets():
     cfg = get_default_config().model  # gpt-nano
     model = GPT(cfg, vocab_size=50257, block_size=64)
