@@ -507,3 +507,28 @@ def test_system_num_threads_is_given_back_to_the_caller(tmp_path):
     assert main(args(tmp_path / "run", "--trainer.max_iters=1", f"--system.num_threads={other}")) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["meta"]["threads"] == other
     assert torch.get_num_threads() == before
+
+
+def test_compiled_training_equals_eager_and_checkpoints_the_plain_module(tmp_path):
+    """``trainer.compile`` (torch.compile of the model, the chunked loss inside it: the CPU speed
+    lever of docs/benchmarks.md) trains the same run as eager within fp32 rounding (Inductor
+    fuses the elementwise work and sums in another order), and its checkpoint holds the plain
+    module's state (no ``_orig_mod.`` prefix), which an eager run loads."""
+    import torch
+
+    steps = ("--trainer.max_iters=12", "--trainer.ckpt_interval=6")
+    steps += tuple(
+        f"--model.{k}_pdrop=0.0" for k in ("embd", "resid", "attn")
+    )  # compiled dropout draws otherwise
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert main(args(eager, *steps)) == 0
+    assert main(args(compiled, *steps, "--trainer.compile=True")) == 0
+    for a, b in zip(rows(eager), rows(compiled), strict=True):
+        assert a["step"] == b["step"]
+        for k in ("loss", "val_loss"):  # blank where the row has none
+            assert (a[k] == "") == (b[k] == "") and (
+                a[k] == "" or float(b[k]) == pytest.approx(float(a[k]), rel=1e-4)
+            )
+    assert final(compiled)["final_nll"] == pytest.approx(final(eager)["final_nll"], rel=1e-4)
+    keys = [set(torch.load(d / "ckpt.pt", weights_only=False)["trainer"]["model"]) for d in (eager, compiled)]
+    assert keys[0] == keys[1] and not any(k.startswith("_orig_mod") for k in keys[1])
