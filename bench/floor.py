@@ -10,12 +10,14 @@ round by round with the steps it bounds:
 
 - **nanoGPT's training step** as it runs on a CPU (fp32; nanoGPT's ``train.py`` uses autocast on
   CUDA only), from a nanoGPT checkout by path (``--nanogpt``, as ``bench/loss.py``).
-- **The GEMM floor**: every matrix product of reatt's training step at its shape, and nothing
-  else: for each Linear (the blocks' four and the lm_head) its forward ``x @ W.T``, and its two
-  backward products ``dY @ W`` and ``dY.T @ x``, on B x block rows, into preallocated outputs, in
-  fp32 or bf16. Attention, embeddings, norms, the softmax and AdamW count zero, so the floor is
-  below what any implementation computing these products can take: nanoGPT's step divided by the
-  floor bounds the speedup over nanoGPT.
+- **The GEMM floor**: every matrix product of reatt's training step through torch's GEMM, at
+  the shapes and layouts the step computes them: for each Linear its forward ``x @ W.T`` and its
+  two backward products ``dY @ W`` and ``dY.T @ x``, the lm_head's in reatt's 512-row loss
+  chunks, on B x block rows, into preallocated outputs, in fp32 or bf16. Attention's products,
+  embeddings, norms, the softmax and AdamW count zero, so the floor is below the step of any
+  implementation that computes these products through torch's GEMM (and so writes the logits):
+  nanoGPT's step divided by the floor bounds such an implementation's speedup over nanoGPT. A
+  kernel that fuses the softmax into the GEMM and never writes the logits is not bounded by it.
 - **One pass over the logits**: a read and a write of the (B x block, 50,257) logits (fp32; bf16
   for bf16), a copy. An exact softmax gradient outside a GEMM kernel with a fused epilogue reads
   the logits and writes their gradient at least once; the second bound adds that pass.
@@ -43,37 +45,41 @@ sys.path.insert(0, str(BENCH))
 from loss import NANOGPT, VOCAB, batch, build, nanogpt_module, train_step  # noqa: E402
 
 from reatt.train import TRAIN_ENV  # noqa: E402
+from reatt.training.config import get_default_config  # noqa: E402
 
 TARGETS = {("gpt-nano", "fp32"): 1.5, ("gpt-mini", "bf16"): 3.0}
-STEPS = ("nanoGPT", "gemm fp32", "pass fp32", "gemm bf16", "pass bf16")
 REATT = tuple(f"reatt {mode} {p}" for mode in ("eager", "compiled") for p in ("fp32", "bf16"))
 
 
-def gemms(model_type: str, rows: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of every matmul in a training step of reatt's default GPT: three per Linear."""
+def products(model_type: str, rows: int, chunk: int, dtype: Any) -> list[tuple[Any, Any, Any]]:
+    """(a, b, out) of every matrix product in a training step of reatt's default GPT, at the
+    shapes and layouts it computes them: per Linear ``x @ W.T``, ``dY @ W`` and ``dY.T @ x``,
+    the lm_head's in its ``chunk``-row chunks (reatt's loss); attention's are left out."""
+    import torch
+
     from reatt.training.schema import MODEL_TYPES
 
     n_layer, _, d = MODEL_TYPES[model_type]
-    linears = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)] * n_layer + [(d, VOCAB)]
-    out = []
-    for fan_in, fan_out in linears:
-        out += [(rows, fan_in, fan_out), (rows, fan_out, fan_in), (fan_out, rows, fan_in)]
-    return out
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> Any:
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    def linear(n: int, fan_in: int, fan_out: int) -> list[tuple[Any, Any, Any]]:
+        x, w, dy = rand(n, fan_in), rand(fan_out, fan_in), rand(n, fan_out)
+        outs = (torch.empty(n, fan_out, dtype=dtype), torch.empty(n, fan_in, dtype=dtype))
+        return [(x, w.t(), outs[0]), (dy, w, outs[1]), (dy.t(), x, torch.empty(fan_out, fan_in, dtype=dtype))]
+
+    ops = []
+    for fan_in, fan_out in [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)]:
+        ops += linear(rows, fan_in, fan_out) * n_layer  # the same operands for every layer
+    ops += linear(min(chunk, rows), d, VOCAB) * max(1, rows // chunk)
+    return ops
 
 
-def gemm_floor(shapes: list[tuple[int, int, int]], dtype: Any) -> Any:
+def gemm_floor(ops: list[tuple[Any, Any, Any]]) -> Any:
     """A function running all the step's products, each into its preallocated output."""
     import torch
-
-    g = torch.Generator().manual_seed(0)
-    ops = [
-        (
-            torch.randn(m, k, generator=g).to(dtype),
-            torch.randn(k, n, generator=g).to(dtype),
-            torch.empty(m, n, dtype=dtype),
-        )
-        for m, k, n in shapes
-    ]
 
     def run() -> None:
         for a, b, c in ops:
@@ -97,12 +103,13 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     rows = a.batch * a.block
     x, y = batch(a.batch, a.block, "cpu")
-    shapes = gemms(a.model, rows)
+    chunk = get_default_config().model.loss_chunk
     run: dict[str, Any] = {}
     ng = build("nanoGPT", a.model, a.block, "cpu", a.nanogpt)
     run["nanoGPT"] = lambda: train_step(*ng, x, y, "fp32")
     for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        run[f"gemm {p}"] = gemm_floor(shapes, dtype)
+        ops = products(a.model, rows, chunk, dtype)
+        run[f"gemm {p}"] = gemm_floor(ops)
         run[f"pass {p}"] = logits_pass(rows, dtype)
     for name in REATT:
         _, mode, p = name.split()
@@ -120,7 +127,7 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
             for _ in range(a.steps):
                 run[k]()
             out[k].append((time.perf_counter() - t0) / a.steps * 1e3)
-    out["gflop"] = sum(2 * m * k * n for m, k, n in shapes) / 1e9
+    out["gflop"] = sum(2 * x.size(0) * x.size(1) * w.size(1) for x, w, _ in ops) / 1e9
     return out
 
 

@@ -1,5 +1,6 @@
 """Numerics of each architecture toggle against references written independently here."""
 
+import copy
 import itertools
 import math
 
@@ -164,33 +165,44 @@ def test_optimizer_split_is_minGPTs():
 
 
 def test_optimizer_is_fused_adamw_and_a_for_loop_checkpoint_keeps_its_own():
-    model = make_gpt()
-    opt = model.configure_optimizer(get_default_config().trainer)
-    assert all(g["fused"] is True for g in opt.param_groups)
-    # a checkpoint of the for-loop AdamW (reatt before the fused one): a resume goes on with it
+    """configure_optimizer gives the fused AdamW; a checkpoint of the for-loop AdamW (reatt's
+    before) loaded into it goes on bitwise as the for-loop optimizer would have; the two
+    implementations agree within float rounding."""
     tc = get_default_config().trainer
-    old_state = torch.optim.AdamW(
-        [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups],
-        lr=tc.learning_rate,
-        betas=tuple(tc.betas),
-    ).state_dict()
-    assert all(g["fused"] is None for g in old_state["param_groups"])
-    opt.load_state_dict(old_state)
-    assert all(g["fused"] is None and not g["foreach"] for g in opt.param_groups)
-    # the two step within float rounding of each other
-    grads = [torch.randn_like(p) for p in model.parameters()]
-    after = []
-    for fused in (True, None):
-        m = make_gpt()
-        o = m.configure_optimizer(get_default_config().trainer)
-        if fused is None:
-            o.load_state_dict(old_state)
-        for _ in range(3):
-            for p, g in zip(m.parameters(), grads, strict=True):
-                p.grad = g.clone()
-            o.step()
-        after.append([p.detach().clone() for p in m.parameters()])
-    for a, b in zip(*after, strict=True):
+    assert all(g["fused"] is True for g in make_gpt().configure_optimizer(tc).param_groups)
+    g = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(p.shape, generator=g) for p in make_gpt().parameters()] for _ in range(6)]
+
+    def for_loop(model):  # the optimizer reatt built before the fused one
+        groups = [
+            {"params": grp["params"], "weight_decay": grp["weight_decay"]}
+            for grp in model.configure_optimizer(tc).param_groups
+        ]
+        return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=tuple(tc.betas))
+
+    def steps(model, opt, gs):
+        for step in gs:
+            for p, grad in zip(model.parameters(), step, strict=True):
+                p.grad = grad.clone()
+            opt.step()
+
+    ref = make_gpt()
+    steps(ref, for_loop(ref), grads)
+    first = make_gpt()
+    old = for_loop(first)
+    steps(first, old, grads[:3])
+    checkpoint = copy.deepcopy({"model": first.state_dict(), "optimizer": old.state_dict()})
+    resumed = make_gpt()
+    resumed.load_state_dict(checkpoint["model"])
+    opt = resumed.configure_optimizer(tc)
+    opt.load_state_dict(checkpoint["optimizer"])
+    assert all(grp["fused"] is None and not grp["foreach"] for grp in opt.param_groups)
+    steps(resumed, opt, grads[3:])
+    for a, b in zip(ref.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    fused = make_gpt()
+    steps(fused, fused.configure_optimizer(tc), grads)
+    for a, b in zip(ref.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -202,19 +214,21 @@ def test_attention_under_cpu_bf16_autocast_runs_in_fp32(monkeypatch):
     seen = []
     real = F.scaled_dot_product_attention
 
-    def spy(q, k, v, **kw):
-        seen.append((q.dtype, k.dtype, v.dtype))
-        return real(q, k, v, **kw)
+    def spy(q, k, v, **kw):  # what the kernel computes in: autocast would cast fp32 q, k, v back to bf16
+        y = real(q, k, v, **kw)
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu"), y.dtype))
+        return y
 
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
     model = make_gpt()
     x = torch.randint(0, VOCAB, (2, 12))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, _ = model(x)
-    assert logits.dtype == torch.bfloat16 and seen and set(seen) == {(torch.float32,) * 3}
+    fp32 = torch.float32
+    assert logits.dtype == torch.bfloat16 and seen and set(seen) == {(fp32, fp32, fp32, False, fp32)}
     seen.clear()
     model(x)  # fp32: unchanged
-    assert set(seen) == {(torch.float32,) * 3}
+    assert set(seen) == {(fp32, fp32, fp32, False, fp32)}
 
 
 def test_param_counts_and_presets():

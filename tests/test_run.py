@@ -509,26 +509,25 @@ def test_system_num_threads_is_given_back_to_the_caller(tmp_path):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler (g++)")
 def test_compiled_training_equals_eager_and_checkpoints_the_plain_module(tmp_path):
     """``trainer.compile`` (torch.compile of the model, the chunked loss inside it: the CPU speed
     lever of docs/benchmarks.md) trains the same run as eager within fp32 rounding (Inductor
     fuses the elementwise work and sums in another order), and its checkpoint holds the plain
-    module's state (no ``_orig_mod.`` prefix), which an eager run loads."""
+    module's state: the keys and shapes of an eager run's (no ``_orig_mod.`` prefix)."""
     import torch
 
     steps = ("--trainer.max_iters=12", "--trainer.ckpt_interval=6")
-    steps += tuple(
-        f"--model.{k}_pdrop=0.0" for k in ("embd", "resid", "attn")
-    )  # compiled dropout draws otherwise
+    steps += ("--model.embd_pdrop=0.0", "--model.resid_pdrop=0.0")  # compiled dropout draws other masks
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     assert main(args(eager, *steps)) == 0
     assert main(args(compiled, *steps, "--trainer.compile=True")) == 0
     for a, b in zip(rows(eager), rows(compiled), strict=True):
         assert a["step"] == b["step"]
         for k in ("loss", "val_loss"):  # blank where the row has none
-            assert (a[k] == "") == (b[k] == "") and (
-                a[k] == "" or float(b[k]) == pytest.approx(float(a[k]), rel=1e-4)
-            )
+            assert (a[k] == "") == (b[k] == "")
+            assert a[k] == "" or float(b[k]) == pytest.approx(float(a[k]), rel=1e-4)
     assert final(compiled)["final_nll"] == pytest.approx(final(eager)["final_nll"], rel=1e-4)
-    keys = [set(torch.load(d / "ckpt.pt", weights_only=False)["trainer"]["model"]) for d in (eager, compiled)]
-    assert keys[0] == keys[1] and not any(k.startswith("_orig_mod") for k in keys[1])
+    states = [torch.load(d / "ckpt.pt", weights_only=False)["trainer"]["model"] for d in (eager, compiled)]
+    shapes = [{k: tuple(v.shape) for k, v in state.items()} for state in states]
+    assert shapes[0] == shapes[1]

@@ -107,11 +107,12 @@ class CausalSelfAttention(nn.Module):
         dropout = self.attn_pdrop if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # bf16 autocast on a CPU: attention in fp32, which torch's CPU flash kernel runs
-            # faster than bf16 (fwd + bwd at B 8, T 256, 6 heads of 32: 9.1 vs 13.9 ms, measured on
-            # an AMX CPU; docs/benchmarks.md), and more exactly; c_proj casts y back to bf16
+            # faster than bf16 (fwd + bwd at B 8, T 256, 6 heads of 32: 9.6 vs 12.9 ms, measured on
+            # an AMX CPU; docs/benchmarks.md), and more exactly; y goes on in bf16
             with torch.autocast("cpu", enabled=False):
                 q, k, v = q.float(), k.float(), v.float()
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = y.to(torch.bfloat16)
         else:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
@@ -291,10 +292,10 @@ class GPT(nn.Module):
         alone would shrink it); GPT-2 and nanoGPT decay it too.
 
         On CPU and CUDA the fused AdamW kernel (one pass over each parameter's state instead of
-        one per term: 3.5x faster on CPU at gpt-mini, docs/benchmarks.md). It equals the
-        for-loop AdamW within a last bit per step, not bitwise; a checkpoint written by the
-        for-loop one keeps it (``load_state_dict`` restores the group's ``fused``/``foreach``),
-        so a resumed run goes on as it started."""
+        one per term: 3.3x faster on CPU at gpt-mini, docs/benchmarks.md). It equals the AdamW
+        of earlier reatt versions (for-loop on CPU, foreach on CUDA) within a last bit per step,
+        not bitwise; a checkpoint written by that one keeps it (``load_state_dict`` restores the
+        group's ``fused``/``foreach``), so a resumed run goes on as it started."""
         params = dict(self.named_parameters())  # a tied matrix once, by its first name
         name_of = {id(p): n for n, p in params.items()}
         decay, no_decay = set(), set()
