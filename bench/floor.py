@@ -21,7 +21,7 @@ round by round with the steps it bounds:
 - **One pass over the logits**: a read and a write of the (B x block, 50,257) logits (fp32; bf16
   for bf16), a copy. An exact softmax gradient outside a GEMM kernel with a fused epilogue reads
   the logits and writes their gradient at least once; the second bound adds that pass.
-- **What reatt reaches**: its default step (chunked loss, fused AdamW) eager, and with
+- **What reatt reaches**: its default step (chunked loss) eager, and with
   ``trainer.compile`` (``torch.compile(model)``), each in the precision of the row.
 
 The issue's targets (issue 9): 1.5x nanoGPT at gpt-nano in fp32, 3x at gpt-mini in bf16.

@@ -7,9 +7,9 @@
    (its CPU flash kernel), forward and backward, as ``CausalSelfAttention`` calls it: on the bf16
    q, k, v views of the c_attn output (before), against fp32 copies of them and the result cast
    back to bf16 (now, the casts included), at B 8, block 256 and gpt-mini's 6 heads of 32.
-2. **AdamW**: ``torch.optim.AdamW`` one step, the for-loop implementation (torch's CPU default;
-   reatt's before) against ``fused=True`` (reatt's now, ``GPT.configure_optimizer``), over the
-   parameters of gpt-mini (untied: two 50,257 x 192 matrices and the blocks).
+2. **AdamW**: ``torch.optim.AdamW`` one step, the for-loop implementation (torch's CPU default,
+   reatt's) against ``fused=True`` (faster, not used now: ``GPT.configure_optimizer`` says why), over
+   the parameters of gpt-mini (untied: two 50,257 x 192 matrices and the blocks).
 
 Median ms over rounds, the variants alternating; reatt's GLIBC_TUNABLES as in its runs.
 """
@@ -104,14 +104,14 @@ def main() -> None:
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads; median ms over {a.rounds} rounds\n"
     )
     att, opt = attention(a.rounds), adamw(a.rounds)
-    print("| kernel | reatt before | reatt now | before / now |")
+    print("| kernel | A | B | A / B |")
     print("|---|---|---|---|")
     print(
-        f"| attention fwd+bwd, bf16 autocast | {att['bf16']:.1f} (bf16) | {att['fp32']:.1f} (fp32) "
+        f"| attention fwd+bwd, bf16 autocast | bf16: {att['bf16']:.1f} | fp32, reatt's: {att['fp32']:.1f} "
         f"| {att['bf16'] / att['fp32']:.2f} |"
     )
     print(
-        f"| AdamW step, gpt-mini | {opt['for-loop']:.1f} (for-loop) | {opt['fused']:.1f} (fused) "
+        f"| AdamW step, gpt-mini | for-loop, reatt's: {opt['for-loop']:.1f} | fused: {opt['fused']:.1f} "
         f"| {opt['for-loop'] / opt['fused']:.2f} |"
     )
 

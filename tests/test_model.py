@@ -1,6 +1,5 @@
 """Numerics of each architecture toggle against references written independently here."""
 
-import copy
 import itertools
 import math
 
@@ -162,48 +161,6 @@ def test_optimizer_split_is_minGPTs():
     }
     assert {"wte.weight", "wpe.weight", "ln_f.weight"} <= {names[i] for i in no_decay}
     assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
-
-
-def test_optimizer_is_fused_adamw_and_a_for_loop_checkpoint_keeps_its_own():
-    """configure_optimizer gives the fused AdamW; a checkpoint of the for-loop AdamW (reatt's
-    before) loaded into it goes on bitwise as the for-loop optimizer would have; the two
-    implementations agree within float rounding."""
-    tc = get_default_config().trainer
-    assert all(g["fused"] is True for g in make_gpt().configure_optimizer(tc).param_groups)
-    g = torch.Generator().manual_seed(1)
-    grads = [[torch.randn(p.shape, generator=g) for p in make_gpt().parameters()] for _ in range(6)]
-
-    def for_loop(model):  # the optimizer reatt built before the fused one
-        groups = [
-            {"params": grp["params"], "weight_decay": grp["weight_decay"]}
-            for grp in model.configure_optimizer(tc).param_groups
-        ]
-        return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=tuple(tc.betas))
-
-    def steps(model, opt, gs):
-        for step in gs:
-            for p, grad in zip(model.parameters(), step, strict=True):
-                p.grad = grad.clone()
-            opt.step()
-
-    ref = make_gpt()
-    steps(ref, for_loop(ref), grads)
-    first = make_gpt()
-    old = for_loop(first)
-    steps(first, old, grads[:3])
-    checkpoint = copy.deepcopy({"model": first.state_dict(), "optimizer": old.state_dict()})
-    resumed = make_gpt()
-    resumed.load_state_dict(checkpoint["model"])
-    opt = resumed.configure_optimizer(tc)
-    opt.load_state_dict(checkpoint["optimizer"])
-    assert all(grp["fused"] is None and not grp["foreach"] for grp in opt.param_groups)
-    steps(resumed, opt, grads[3:])
-    for a, b in zip(ref.parameters(), resumed.parameters(), strict=True):
-        assert torch.equal(a, b)
-    fused = make_gpt()
-    steps(fused, fused.configure_optimizer(tc), grads)
-    for a, b in zip(ref.parameters(), fused.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_under_cpu_bf16_autocast_runs_in_fp32(monkeypatch):

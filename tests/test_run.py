@@ -12,6 +12,7 @@ import time
 
 import pytest
 from fsync_helpers import record_fsyncs
+from run_helpers import assert_same_run
 
 from reatt.errors import RunDirError
 from reatt.files import this_host
@@ -179,10 +180,37 @@ def test_signal_checkpoints_and_resume_equals_uninterrupted(tmp_path, sig):
     out, _ = again.communicate(timeout=180)
     assert again.returncode == 0, out
     assert "resuming" in out
-    assert without_time(rows(wd)) == without_time(rows(ref))
-    assert final(wd)["final_nll"] == final(ref)["final_nll"]
+    assert_same_run(rows(wd), rows(ref))  # the reference ran in this process, these in others
+    assert final(wd)["final_nll"] == pytest.approx(final(ref)["final_nll"], rel=1e-5)
     steps_logged = [int(r["step"]) for r in rows(wd)]
     assert steps_logged == sorted(set(steps_logged))  # no repeated step
+
+
+@pytest.mark.parametrize("stop_at", [14, 15, 20])  # a plain step, a logged one, a logged and evaluated one
+def test_stopped_at_a_given_step_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, stop_at):
+    """The signal test above stops wherever the signal lands; this one stops exactly at a step
+    of each kind (SIGTERM to this process from the callback, dropout on) and resumes in a fresh
+    process (within float rounding: ``assert_same_run``)."""
+    from reatt.training.run import TrainingRun as Run
+
+    conf = ("--trainer.max_iters=30", "--trainer.ckpt_interval=25")
+    ref, wd = tmp_path / "ref", tmp_path / "stopped"
+    assert main(args(ref, *conf)) == 0
+    original = Run.on_batch_end
+
+    def stop(self, trainer):
+        if trainer.iter_num == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler only sets the flag
+        original(self, trainer)
+
+    monkeypatch.setattr(Run, "on_batch_end", stop)
+    assert main(args(wd, *conf)) == EXIT_INTERRUPTED
+    monkeypatch.setattr(Run, "on_batch_end", original)
+    again = run_subprocess(args(wd, *conf), stdout=subprocess.PIPE, text=True)
+    out, _ = again.communicate(timeout=180)
+    assert again.returncode == 0 and f"from step {stop_at}" in out, out
+    assert_same_run(rows(wd), rows(ref))  # resumed in another process
+    assert final(wd)["final_nll"] == pytest.approx(final(ref)["final_nll"], rel=1e-5)
 
 
 def test_crash_then_resume_drops_rows_after_the_checkpoint_and_a_torn_line(tmp_path, monkeypatch):

@@ -31,8 +31,6 @@ from torch.nn import functional as F
 from reatt.training.config import CfgNode, model_dims
 from reatt.training.loss import IGNORE_INDEX, linear_cross_entropy
 
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW runs (configure_optimizer)
-
 
 def swiglu_hidden_size(n_embd: int) -> int:
     """Hidden width that gives SwiGLU (3 matrices) the parameters of the 4x GELU MLP (2 matrices).
@@ -291,11 +289,10 @@ class GPT(nn.Module):
         (minGPT leaves embeddings undecayed because a row of a rare token gets none, and decay
         alone would shrink it); GPT-2 and nanoGPT decay it too.
 
-        On CPU and CUDA the fused AdamW kernel (one pass over each parameter's state instead of
-        one per term: 3.3x faster on CPU at gpt-mini, docs/benchmarks.md). It equals the AdamW
-        of earlier reatt versions (for-loop on CPU, foreach on CUDA) within a last bit per step,
-        not bitwise; a checkpoint written by that one keeps it (``load_state_dict`` restores the
-        group's ``fused``/``foreach``), so a resumed run goes on as it started."""
+        torch's default AdamW, not its fused one (``fused=True``, 3.5x faster on CPU at
+        gpt-mini: docs/benchmarks.md). The fused one was tried and taken out when a resume came
+        out inexact with it; the cause lay elsewhere (docs/guarantees.md: one process in about
+        ten computes differently from step 0 on), but it has not been validated again since."""
         params = dict(self.named_parameters())  # a tied matrix once, by its first name
         name_of = {id(p): n for n, p in params.items()}
         decay, no_decay = set(), set()
@@ -311,10 +308,7 @@ class GPT(nn.Module):
             {"params": [params[n] for n in sorted(decay)], "weight_decay": train_config.weight_decay},
             {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0},
         ]
-        fused = all(p.device.type in FUSED_ADAMW_DEVICES for p in params.values())
-        return torch.optim.AdamW(
-            groups, lr=train_config.learning_rate, betas=tuple(train_config.betas), fused=fused or None
-        )
+        return torch.optim.AdamW(groups, lr=train_config.learning_rate, betas=tuple(train_config.betas))
 
     @torch.no_grad()
     def generate(
