@@ -67,8 +67,8 @@ def products(model_type: str, rows: int, chunk: int, dtype: Any) -> list[tuple[A
 
     def linear(n: int, fan_in: int, fan_out: int) -> list[tuple[Any, Any, Any]]:
         x, w, dy = rand(n, fan_in), rand(fan_out, fan_in), rand(n, fan_out)
-        outs = (torch.empty(n, fan_out, dtype=dtype), torch.empty(n, fan_in, dtype=dtype))
-        return [(x, w.t(), outs[0]), (dy, w, outs[1]), (dy.t(), x, torch.empty(fan_out, fan_in, dtype=dtype))]
+        pairs = [(x, w.t()), (dy, w), (dy.t(), x)]
+        return [(a, b, torch.empty(a.size(0), b.size(1), dtype=dtype)) for a, b in pairs]
 
     ops = []
     for fan_in, fan_out in [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)]:
